@@ -1,31 +1,19 @@
-"""The one place the Dagster `Definitions` of the code location are built."""
+"""The one place the Dagster `Definitions` of the code location are built.
+
+Each source area (`pipelines.defs.ingest`, `pipelines.defs.rfm`) exposes its assets,
+checks, sensors, schedules and jobs as a `dg.Definitions` named `defs`; this module merges
+them with the shared resources.
+"""
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
-from pipelines.defs.resources import KafkaResource, LakeResource, PostgresResource, RedisResource
+from pipelines.defs import ingest, rfm
+from pipelines.defs.resources import build_resources
 
-
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    return {
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "kafka": KafkaResource(
-            bootstrap_servers=dg.EnvVar("KAFKA_BROKER"),
-            topic=os.environ.get("KAFKA_TOPIC", "topic_user_actions"),
-        ),
-        "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
-        "lake": LakeResource(root=os.environ.get("DATA_LAKE_DIR", ".local/lake")),
-    }
-
-
-defs = dg.Definitions(
-    assets=[],
-    asset_checks=[],
-    jobs=[],
-    schedules=[],
-    sensors=[],
-    resources=build_resources(),
+defs = dg.Definitions.merge(
+    ingest.defs,
+    rfm.defs,
+    dg.Definitions(resources=build_resources()),
 )

@@ -7,6 +7,8 @@ servers.
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import psycopg
 
@@ -47,3 +49,16 @@ class LakeResource(dg.ConfigurableResource):
     """Root folder of the Parquet lake (hive-style partitions per day)."""
 
     root: str = ".local/lake"
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources of the code location; addresses and secrets resolve when a run starts."""
+    return {
+        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
+        "kafka": KafkaResource(
+            bootstrap_servers=dg.EnvVar("KAFKA_BROKER"),
+            topic=os.environ.get("KAFKA_TOPIC", "topic_user_actions"),
+        ),
+        "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
+        "lake": LakeResource(root=os.environ.get("DATA_LAKE_DIR", ".local/lake")),
+    }
