@@ -69,6 +69,7 @@ REQUIRED_AMOUNTS: Final[dict[str, str]] = {
 
 _FIELDS: Final = frozenset({"user_id", "action_type", "action_timestamp", "metadata"})
 _REASON_VALUE_CHARS: Final = 40
+_EMPTY: Final[dict[str, Any]] = {}
 
 
 class EventValidationError(ValueError):
@@ -224,7 +225,56 @@ def check_event(
     The allocation-light core of :func:`validate_event_obj`, used by the ingestion hot path
     (``metadata_json`` is the compact JSON to store as ``jsonb``). Pass ``from_orjson=True``
     only for values straight from ``orjson.loads`` (enables the metadata fast path).
+
+    A conservative fast path accepts the common well-formed record; anything it is not sure
+    about goes through :func:`_check_exact`, the rule set written out field by field, which
+    either accepts it too or raises the precise error.
     """
+    # Fast path: every test below is one the exact rules also make; a miss falls through.
+    if type(obj) is dict and len(obj) <= 4 and _FIELDS.issuperset(obj):
+        user_id = obj.get("user_id")
+        action_type = obj.get("action_type")
+        stamp = obj.get("action_timestamp")
+        metadata = obj.get("metadata", _EMPTY)
+        if (
+            type(user_id) is int
+            and 1 <= user_id <= MAX_USER_ID
+            and type(action_type) is str
+            and 0 < len(action_type) <= MAX_ACTION_TYPE_LEN
+            and type(stamp) is str
+            and len(stamp) <= MAX_TIMESTAMP_LEN
+            and type(metadata) is dict
+            and from_orjson
+            and not action_type.isspace()
+            and "\x00" not in action_type
+        ):
+            amount_key = REQUIRED_AMOUNTS.get(action_type)
+            amount = metadata.get(amount_key, -1) if amount_key is not None else 0
+            if (type(amount) is int or type(amount) is float) and amount >= 0:
+                # from orjson: floats are finite, keys are str
+                try:
+                    timestamp = datetime.fromisoformat(stamp)
+                except ValueError:
+                    pass
+                else:
+                    tzinfo = timestamp.tzinfo
+                    if tzinfo is UTC or tzinfo is None:
+                        if tzinfo is None:
+                            timestamp = timestamp.replace(tzinfo=UTC)
+                        if timestamp <= now + FUTURE_TOLERANCE:
+                            text = orjson.dumps(metadata)
+                            if (
+                                b"\\u0000" not in text
+                                and text.count(b"{") + text.count(b"[") <= MAX_METADATA_DEPTH
+                            ):
+                                return user_id, action_type, timestamp, text
+    return _check_exact(obj, now, from_orjson=from_orjson)
+
+
+def _check_exact(
+    obj: object, now: datetime, *, from_orjson: bool
+) -> tuple[int, str, datetime, bytes]:
+    """The contract, field by field: returns the checked fields or raises the first error."""
     if not isinstance(obj, dict):
         raise EventValidationError("$", f"record must be a JSON object, got {_type_name(obj)}")
     if obj.keys() - _FIELDS:
