@@ -43,6 +43,19 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(default=False, description="Explicitly run the API without auth")
     data_lake_dir: Path = Field(default=Path(".local/lake"))
     rfm_start_date: dt.date = Field(default=dt.date(2026, 1, 1))
+    # API (serving) tunables: every dependency call has a bound
+    api_publish_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="POST /api/actions: max wait for the broker's ack"
+    )
+    api_db_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="API: max wait for a Postgres connection/query"
+    )
+    api_redis_timeout_s: float = Field(
+        default=0.25, gt=0, le=10, description="API: max wait for a Redis streak read"
+    )
+    recommendation_policy_file: Path | None = Field(
+        default=None, description="JSON file replacing the default recommendation policy table"
+    )
 
     @field_validator("database_url")
     @classmethod
