@@ -107,7 +107,12 @@ def _service_pid(name: str) -> Path:
 
 
 def _start_process(
-    name: str, cmd: list[str], env: dict[str, str], ready_url: str | None, timeout: float
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    ready_url: str | None,
+    timeout: float,
+    port: int | None = None,
 ) -> None:
     pid_file = _service_pid(name)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +121,8 @@ def _start_process(
     if pid and servers.pid_alive(pid):
         _step(f"{name} already running (pid {pid})")
         return
+    if port is not None and servers.port_open(port):
+        _fail(f"{name}: port {port} is already in use by another process; see {log}")
     servers.spawn(cmd, log=log, pid_file=pid_file, env=env, cwd=ROOT)
     pid = servers.read_pid(pid_file)
     deadline = time.monotonic() + timeout
@@ -147,7 +154,7 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
     ports = Ports.from_env()
     LOCAL.mkdir(parents=True, exist_ok=True)
     previous = _read_stack_env()
-    print("Starting the local stack (state under .local/):", flush=True)
+    print(f"Starting the local stack (state under {LOCAL}):", flush=True)
 
     try:
         if os.environ.get("DATABASE_URL"):
@@ -156,10 +163,11 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             _step("postgres: using DATABASE_URL from the environment")
         else:
             pg = _postgres()
+            state = "already running" if pg.running() else "started"
             server_url = pg.start()
             database_url = servers.database_url(server_url, APP_DB)
             servers.ensure_database(server_url, APP_DB)
-            _step(f"postgres on 127.0.0.1:{ports.pg} (log {pg.log_file})")
+            _step(f"postgres {state} on 127.0.0.1:{ports.pg} (log {pg.log_file})")
         dagster_pg_url = os.environ.get("DAGSTER_PG_URL") or servers.database_url(
             server_url, DAGSTER_DB
         )
@@ -171,16 +179,19 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             _step("redis: using REDIS_URL from the environment")
         else:
             redis_server = _redis()
+            state = "already running" if redis_server.running() else "started"
             redis_url = redis_server.start()
-            _step(f"redis on 127.0.0.1:{ports.redis}")
+            _step(f"redis {state} on 127.0.0.1:{ports.redis} (log {redis_server.log_file})")
 
         topic = os.environ.get("KAFKA_TOPIC", "topic_user_actions")
         if os.environ.get("KAFKA_BROKER"):
             kafka_broker = os.environ["KAFKA_BROKER"]
             _step("kafka: using KAFKA_BROKER from the environment")
         else:
-            kafka_broker = _kafka().start()
-            _step(f"kafka broker (tansu, memory storage) on {kafka_broker}")
+            broker = _kafka()
+            state = "already running" if broker.running() else "started"
+            kafka_broker = broker.start()
+            _step(f"kafka broker (tansu, memory storage) {state} on {kafka_broker}")
         servers.ensure_topic(kafka_broker.split(","), topic, TOPIC_PARTITIONS)
         _step(f"topic {topic} ({TOPIC_PARTITIONS} partitions)")
     except ServiceError as exc:
@@ -229,6 +240,7 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             env,
             f"{env_values['DAGSTER_URL']}/server_info",
             timeout=180,
+            port=ports.dagster,
         )
         _start_process(
             "dagster-daemon",
@@ -253,6 +265,7 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             env,
             f"{env_values['API_URL']}/health",
             timeout=60,
+            port=ports.api,
         )
     print(f"Stack is up. Settings: source {STACK_ENV}", flush=True)
     return env_values

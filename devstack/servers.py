@@ -48,15 +48,32 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Path | None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    log: Path | None,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll `check` until it is true; fail at once if `alive` says the process died."""
+    where = f"; see {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise ServiceError(f"{what} exited during start-up{where}")
         with contextlib.suppress(Exception):
             if check():
                 return
         time.sleep(0.1)
-    where = f"; see {log}" if log else ""
     raise ServiceError(f"{what} did not become ready within {timeout:.0f}s{where}")
+
+
+def ensure_port_free(what: str, port: int, log: Path | None) -> None:
+    """Refuse to start `what` on a port something else already listens on."""
+    if port_open(port):
+        where = f"; see {log}" if log else ""
+        raise ServiceError(f"{what}: port {port} is already in use by another process{where}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -235,6 +252,7 @@ class PostgresServer:
                 raise ServiceError(f"postgres initdb failed: {exc.stderr.strip()[-300:]}") from exc
         if self.running():
             return self.url()
+        ensure_port_free("postgres", self.port, self.log_file)
         options = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
@@ -329,8 +347,9 @@ class RedisServer:
             "--protected-mode",
             "no",
         ]
+        ensure_port_free("redis", self.port, self.log_file)
         spawn(cmd, log=self.log_file, pid_file=self.pid_file)
-        wait_until(self.ready, timeout=30, what="redis", log=self.log_file)
+        wait_until(self.ready, timeout=30, what="redis", log=self.log_file, alive=self.running)
         return self.url()
 
     def running(self) -> bool:
@@ -383,8 +402,15 @@ class KafkaBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
+        ensure_port_free("kafka broker (tansu)", self.port, self.log_file)
         spawn(cmd, log=self.log_file, pid_file=self.pid_file)
-        wait_until(self.ready, timeout=30, what="kafka broker (tansu)", log=self.log_file)
+        wait_until(
+            self.ready,
+            timeout=30,
+            what="kafka broker (tansu)",
+            log=self.log_file,
+            alive=self.running,
+        )
         return self.bootstrap
 
     def running(self) -> bool:
