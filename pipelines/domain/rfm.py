@@ -53,30 +53,30 @@ GROUP_COLUMN: Final = "rfm_group"
 #: is a JSON number (null otherwise); only ``SPEND_CYBER_TOKENS`` events count it.
 EVENTS_SCHEMA: Final = pl.Schema(
     {
-        "user_id": pl.Int64,
-        "action_type": pl.String,
+        "user_id": pl.Int64(),
+        "action_type": pl.String(),
         "action_timestamp": pl.Datetime("us", "UTC"),
-        "spent_tokens": pl.Float64,
+        "spent_tokens": pl.Float64(),
     }
 )
 DAILY_ACTIVITY_SCHEMA: Final = pl.Schema(
     {
-        "activity_date": pl.Date,
-        "user_id": pl.Int64,
-        "event_count": pl.Int32,
-        "spent_tokens": pl.Float64,
+        "activity_date": pl.Date(),
+        "user_id": pl.Int64(),
+        "event_count": pl.Int32(),
+        "spent_tokens": pl.Float64(),
         "last_event_at": pl.Datetime("us", "UTC"),
     }
 )
-LAST_EVENT_SCHEMA: Final = pl.Schema({"user_id": pl.Int64, "last_event_date": pl.Date})
+LAST_EVENT_SCHEMA: Final = pl.Schema({"user_id": pl.Int64(), "last_event_date": pl.Date()})
 SCORES_SCHEMA: Final = pl.Schema(
     {
-        "snapshot_date": pl.Date,
-        "user_id": pl.Int64,
-        "recency_days": pl.Int32,
-        "frequency": pl.Int32,
-        "monetary": pl.Float64,
-        "rfm_group": pl.String,
+        "snapshot_date": pl.Date(),
+        "user_id": pl.Int64(),
+        "recency_days": pl.Int32(),
+        "frequency": pl.Int32(),
+        "monetary": pl.Float64(),
+        "rfm_group": pl.String(),
     }
 )
 
