@@ -28,6 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*-[A-Za-z0-9][A-Za-z0-9:._-]*$")
 
+# Exit code when the vulnerability service could not be queried (not a pass, not a finding).
+EXIT_UNREACHABLE = 3
+
 UNREACHABLE_MARKERS = (
     "Dependency not found on PyPI and could not be audited",
     "Could not connect to",
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "`--vulnerability-service osv` (https://api.osv.dev).",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_UNREACHABLE
     print(
         "audit: FAILED - known vulnerabilities above. Upgrade the package (requirements.lock, "
         "then `python scripts/lock_runtime.py`) or list the id with a reason in "

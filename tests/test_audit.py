@@ -164,5 +164,5 @@ def test_unreachable_service_never_passes(
     url, handler = osv_server
     handler.status = 503
     broken = _audit(tmp_path, url, "")
-    assert broken.returncode == 1
+    assert broken.returncode == 3  # EXIT_UNREACHABLE: not a pass, not a finding
     assert "audit did not run" in broken.stderr
