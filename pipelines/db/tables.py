@@ -123,3 +123,27 @@ user_segments = Table(
     Column("snapshot_date", Date, nullable=True),
     Column("last_updated", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# RFM daily chain (migration 0003)
+user_daily_activity = Table(
+    "user_daily_activity",
+    metadata,
+    Column("activity_date", Date, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("event_count", Integer, nullable=False),
+    Column("spent_tokens", Double, nullable=False),
+    Column("last_event_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("activity_date", "user_id"),
+)
+
+rfm_partition_builds = Table(
+    "rfm_partition_builds",
+    metadata,
+    Column("asset", Text, nullable=False),
+    Column("partition_date", Date, nullable=False),
+    Column("source_watermark", DateTime(timezone=True), nullable=False),
+    Column("row_count", BigInteger, nullable=False),
+    Column("built_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("run_id", Text, nullable=True),
+    PrimaryKeyConstraint("asset", "partition_date"),
+)

@@ -1,7 +1,605 @@
-"""Dagster definitions of the rfm area (filled in by its issue)."""
+"""Dagster wiring of the daily RFM chain (asset group ``rfm``), SPEC §7 and §9.
 
-from __future__ import annotations
+``user_actions`` -> ``user_daily_activity`` (per user and UTC day) -> ``rfm_scores``
+(snapshot D from the 30 daily aggregates of its window plus each user's latest event
+date) -> ``user_segments`` (publishes the newest snapshot). ``site_visits_lake`` exports
+site visits to the lake. Every asset shares :data:`daily_partitions` and handles a whole
+partition range in one run (``BackfillPolicy.single_run()``), replacing its window in
+one transaction; daily assets also write their Parquet partitions to the lake.
+
+``rfm_daily_schedule`` builds the previous day at 02:00 UTC; ``rfm_late_data_sensor``
+rebuilds partitions that events ingested late have made stale (see
+:mod:`pipelines.rfm_staleness`).
+"""
+
+import datetime as dt
+import json
+import os
+from typing import Any
 
 import dagster as dg
+import polars as pl
 
-defs = dg.Definitions()
+from pipelines.defs.resources import LakeResource, PostgresResource
+from pipelines.domain.rfm import (
+    DEFAULT_RULES,
+    EVENTS_SCHEMA,
+    LAST_EVENT_SCHEMA,
+    RfmRules,
+    daily_activity,
+    distribution_from_counts,
+    distribution_shift,
+    group_distribution,
+    markdown_bar_chart,
+    snapshot_violations,
+)
+from pipelines.domain.rfm import (
+    rfm_scores as compute_rfm_scores,
+)
+from pipelines.lake import DATASETS, write_partition
+from pipelines.rfm_staleness import Build, find_stale
+from pipelines.rfm_store import (
+    DAILY_ACTIVITY_ASSET,
+    RFM_SCORES_ASSET,
+    RfmStore,
+    days_between,
+)
+from pipelines.settings import Settings
+
+GROUP = "rfm"
+DEFAULT_START_DATE = Settings.model_fields["rfm_start_date"].default
+DEFAULT_MAX_SHARE_SHIFT = 0.10
+LATE_DATA_TAG = "cc/rfm"
+
+
+def rfm_start_date() -> dt.date:
+    """First daily partition: ``RFM_START_DATE`` (ISO date), else the settings default."""
+    raw = os.environ.get("RFM_START_DATE", "").strip()
+    if not raw:
+        return DEFAULT_START_DATE
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"RFM_START_DATE is malformed: {raw!r} is not a YYYY-MM-DD date") from None
+
+
+def _build_partitions() -> dg.DailyPartitionsDefinition:
+    # end_offset=0: the partition for day D exists once D has ended (UTC), so "today" is
+    # never built while its events are still arriving.
+    return dg.DailyPartitionsDefinition(
+        start_date=rfm_start_date().isoformat(), timezone="UTC", end_offset=0
+    )
+
+
+daily_partitions = _build_partitions()
+
+
+def _range(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
+    """The run's partitions as an inclusive range of UTC dates."""
+    window = context.partition_time_window
+    first = window.start.date()
+    last = window.end.date() - dt.timedelta(days=1)
+    return first, last
+
+
+def _store(postgres: PostgresResource) -> RfmStore:
+    return RfmStore(postgres.dsn)
+
+
+def _by_day(frame: pl.DataFrame, column: str) -> dict[dt.date, pl.DataFrame]:
+    parts = frame.partition_by(column, as_dict=True, maintain_order=True)
+    return {key[0]: part for key, part in parts.items()}  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------
+# user_daily_activity
+# --------------------------------------------------------------------------------------
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    deps=[dg.AssetKey("user_actions")],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"polars", "postgres", "parquet"},
+    description=(
+        "Per user and UTC day: events, spent tokens (SPEND_CYBER_TOKENS) and the last event "
+        "time, from user_actions (ADBC -> Arrow -> Polars), written back with COPY in one "
+        "transaction per run. Also writes the day's raw events to the lake "
+        "(user_actions/event_date=YYYY-MM-DD)."
+    ),
+)
+def user_daily_activity(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    first, last = _range(context)
+    store = _store(postgres)
+    watermark = store.source_watermark()
+    events = store.read_events(first, last)
+    activity = daily_activity(events.lazy().select(list(EVENTS_SCHEMA))).collect()
+    counts = store.replace_daily_activity(
+        first, last, activity, watermark=watermark, run_id=context.run_id
+    )
+
+    day_col = pl.col("action_timestamp").dt.date().alias("event_date")
+    events_by_day = _by_day(events.with_columns(day_col), "event_date")
+    empty = events.head(0)
+    for day in days_between(first, last):
+        frame = events_by_day.get(day, empty).drop("event_date", strict=False)
+        write_partition(lake.root, DATASETS["user_actions"], day, frame)
+        context.add_asset_metadata(
+            {
+                "rows": dg.MetadataValue.int(counts[day]),
+                "events": dg.MetadataValue.int(frame.height),
+                "source_watermark": dg.MetadataValue.text(watermark.isoformat()),
+            },
+            partition_key=day.isoformat(),
+        )
+    context.log.info(
+        "user_daily_activity %s..%s: %s events -> %s rows",
+        first,
+        last,
+        events.height,
+        activity.height,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "run_rows": dg.MetadataValue.int(activity.height),
+            "run_events": dg.MetadataValue.int(events.height),
+            "lake": dg.MetadataValue.path(str(DATASETS["user_actions"].name)),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------
+# rfm_scores
+# --------------------------------------------------------------------------------------
+class RfmScoresConfig(dg.Config):
+    """Run config of ``rfm_scores``; defaults come from ``pipelines.domain.rfm.DEFAULT_RULES``."""
+
+    thresholds: dict[str, dict[str, float]] = {}
+    """Bound overrides per group, e.g. ``{"Whale": {"min_frequency": 40}}``."""
+    max_group_share_shift: float = DEFAULT_MAX_SHARE_SHIFT
+    """Warn when a group's share moves more than this (0..1) from the previous snapshot."""
+
+    def rules(self) -> RfmRules:
+        return DEFAULT_RULES.with_thresholds(self.thresholds) if self.thresholds else DEFAULT_RULES
+
+
+CHECK_ONE_ROW = "one_row_per_user"
+CHECK_GROUPS = "groups_in_known_set"
+CHECK_NON_NEGATIVE = "no_negative_measures"
+CHECK_SHIFT = "group_share_shift"
+
+_SCORES_CHECKS = [
+    dg.AssetCheckSpec(
+        CHECK_ONE_ROW,
+        asset="rfm_scores",
+        blocking=True,
+        description="Exactly one row per (snapshot_date, user); blocks publishing.",
+    ),
+    dg.AssetCheckSpec(
+        CHECK_GROUPS,
+        asset="rfm_scores",
+        blocking=True,
+        description="Every rfm_group is one of the rule table's groups; blocks publishing.",
+    ),
+    dg.AssetCheckSpec(
+        CHECK_NON_NEGATIVE,
+        asset="rfm_scores",
+        blocking=True,
+        description="recency_days, frequency and monetary are >= 0; blocks publishing.",
+    ),
+    dg.AssetCheckSpec(
+        CHECK_SHIFT,
+        asset="rfm_scores",
+        description=(
+            "WARN when a group's share moves more than max_group_share_shift from the "
+            "previous snapshot."
+        ),
+    ),
+]
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    deps=[
+        dg.AssetDep(
+            user_daily_activity,
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(DEFAULT_RULES.window_days - 1),
+                allow_nonexistent_upstream_partitions=True,
+            ),
+        )
+    ],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=_SCORES_CHECKS,
+    kinds={"polars", "postgres", "parquet"},
+    description=(
+        "Daily RFM snapshot (SPEC §7): one row per user with an event before D+1; "
+        "recency, 30-day frequency and monetary, and the rule table's group. Computed in "
+        "Polars lazy frames from the window's daily aggregates and each user's latest "
+        "event date. Also written to the lake (rfm_scores/snapshot_date=YYYY-MM-DD)."
+    ),
+)
+def rfm_scores(
+    context: dg.AssetExecutionContext,
+    config: RfmScoresConfig,
+    postgres: PostgresResource,
+    lake: LakeResource,
+) -> dg.MaterializeResult:
+    first, last = _range(context)
+    rules = config.rules()
+    store = _store(postgres)
+    watermark = store.source_watermark()
+    scores = build_scores(store, first, last, rules, start_date=rfm_start_date(), log=context.log)
+    counts = store.replace_scores(first, last, scores, watermark=watermark, run_id=context.run_id)
+
+    previous_date, previous_counts = store.previous_group_counts(first)
+    previous = (
+        distribution_from_counts(previous_counts, rules) if previous_date is not None else None
+    )
+    totals = {"duplicate_users": 0, "unknown_groups": 0, "negative_measures": 0}
+    per_day_violations: dict[str, dict[str, int]] = {}
+    shifts: dict[str, float] = {}
+    by_day = _by_day(scores, "snapshot_date")
+    for day in days_between(first, last):
+        snapshot = by_day.get(day, scores.head(0))
+        write_partition(lake.root, DATASETS["rfm_scores"], day, snapshot)
+        violations = snapshot_violations(snapshot, rules)
+        per_day_violations[day.isoformat()] = violations
+        for key, value in violations.items():
+            totals[key] += value
+        distribution = group_distribution(snapshot, rules)
+        max_shift = None
+        if previous is not None:
+            shift = distribution_shift(previous, distribution)
+            max_shift = float(shift["shift"].max() or 0.0)
+            shifts[day.isoformat()] = max_shift
+        context.add_asset_metadata(
+            _snapshot_metadata(day, counts[day], distribution, rules, config, max_shift),
+            partition_key=day.isoformat(),
+        )
+        previous = distribution
+
+    threshold = config.max_group_share_shift
+    shifted = {day: value for day, value in shifts.items() if value > threshold}
+    check_meta = {"snapshots": dg.MetadataValue.json(per_day_violations)}
+    return dg.MaterializeResult(
+        metadata={"run_rows": dg.MetadataValue.int(scores.height)},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_ONE_ROW,
+                passed=totals["duplicate_users"] == 0,
+                metadata={"duplicate_rows": totals["duplicate_users"], **check_meta},
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_GROUPS,
+                passed=totals["unknown_groups"] == 0,
+                metadata={
+                    "rows_with_unknown_group": totals["unknown_groups"],
+                    "known_groups": dg.MetadataValue.json(list(rules.group_names)),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_NON_NEGATIVE,
+                passed=totals["negative_measures"] == 0,
+                metadata={"rows_with_negative_measure": totals["negative_measures"]},
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_SHIFT,
+                passed=not shifted,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "max_group_share_shift": threshold,
+                    "previous_snapshot": str(previous_date),
+                    "largest_shift_per_snapshot": dg.MetadataValue.json(shifts),
+                    "snapshots_over_threshold": dg.MetadataValue.json(sorted(shifted)),
+                },
+            ),
+        ],
+    )
+
+
+def build_scores(
+    store: RfmStore,
+    first: dt.date,
+    last: dt.date,
+    rules: RfmRules,
+    *,
+    start_date: dt.date,
+    log: Any = None,
+) -> pl.DataFrame:
+    """Snapshots ``first..last`` from the stored daily aggregates and ``user_actions``.
+
+    Window days whose aggregate is not built (or that precede the first partition) are
+    aggregated on the fly from ``user_actions`` (not stored), so a snapshot is right even
+    when its window has not been backfilled. Each user's latest event before the first
+    window comes from one aggregate query over ``user_actions``; later days come from the
+    daily rows already loaded.
+    """
+    window_first = rules.window_start(first)
+    built = store.built_days(DAILY_ACTIVITY_ASSET, window_first, last)
+    activity = store.read_daily_activity(window_first, last)
+    missing = [day for day in days_between(window_first, last) if day not in built]
+    if missing:
+        if log is not None:
+            log.info("aggregating %s window day(s) without a built aggregate", len(missing))
+        extra = [
+            daily_activity(store.read_events(a, b).lazy().select(list(EVENTS_SCHEMA)))
+            for a, b in _spans(missing)
+        ]
+        activity = pl.concat(
+            [
+                activity.filter(~pl.col("activity_date").is_in(missing)),
+                *[frame.collect() for frame in extra],
+            ]
+        )
+    prior = store.read_last_event_before(window_first)
+
+    frames = []
+    lazy_activity = activity.lazy()
+    for day in days_between(first, last):
+        start = rules.window_start(day)
+        earlier = lazy_activity.filter(pl.col("activity_date") < start).select(
+            "user_id", pl.col("activity_date").alias("last_event_date")
+        )
+        day_prior = pl.concat([prior.lazy(), earlier]).cast(dict(LAST_EVENT_SCHEMA))
+        frames.append(compute_rfm_scores(lazy_activity, day_prior, day, rules))
+    return pl.concat(pl.collect_all(frames)) if frames else pl.DataFrame()
+
+
+def _spans(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    spans: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):
+        if spans and (day - spans[-1][1]).days == 1:
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return spans
+
+
+def _snapshot_metadata(
+    day: dt.date,
+    rows: int,
+    distribution: pl.DataFrame,
+    rules: RfmRules,
+    config: RfmScoresConfig,
+    max_shift: float | None,
+) -> dict[str, Any]:
+    table = dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "rfm_group": row["rfm_group"],
+                    "users": int(row["users"]),
+                    "share_pct": round(100 * float(row["share"]), 2),
+                }
+            )
+            for row in distribution.iter_rows(named=True)
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("rfm_group", "string"),
+                dg.TableColumn("users", "int"),
+                dg.TableColumn("share_pct", "float"),
+            ]
+        ),
+    )
+    metadata: dict[str, Any] = {
+        "snapshot_date": dg.MetadataValue.text(day.isoformat()),
+        "dagster/row_count": dg.MetadataValue.int(rows),
+        "group_distribution": table,
+        "group_chart": dg.MetadataValue.md(
+            f"**RFM groups on {day.isoformat()}** ({rows:,} users)\n\n"
+            + markdown_bar_chart(distribution)
+        ),
+        "thresholds": dg.MetadataValue.json(rules.as_dict()),
+        "max_group_share_shift": dg.MetadataValue.float(config.max_group_share_shift),
+    }
+    for row in distribution.iter_rows(named=True):
+        key = "users_" + str(row["rfm_group"]).lower().replace(" ", "_")
+        metadata[key] = dg.MetadataValue.int(int(row["users"]))
+    if max_shift is not None:
+        metadata["largest_share_shift"] = dg.MetadataValue.float(round(max_shift, 4))
+    return metadata
+
+
+# --------------------------------------------------------------------------------------
+# user_segments (publish)
+# --------------------------------------------------------------------------------------
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    deps=[rfm_scores],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"postgres"},
+    description=(
+        "Publishes the newest snapshot to user_segments in one transaction (update + insert "
+        "from the snapshot's rfm_scores rows; risk_profile untouched). A run whose last "
+        "partition is older than the newest snapshot (a backfill) publishes nothing. Skipped "
+        "when a blocking check of rfm_scores failed."
+    ),
+)
+def user_segments(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    first, last = _range(context)
+    result = _store(postgres).publish(last)
+    if result["published"]:
+        context.log.info(
+            "published snapshot %s: %s updated, %s inserted",
+            last,
+            result["updated"],
+            result["inserted"],
+        )
+    else:
+        context.log.info("snapshot %s not published: %s", last, result["reason"])
+    metadata: dict[str, Any] = {
+        "published": dg.MetadataValue.bool(bool(result["published"])),
+        "published_snapshot": dg.MetadataValue.text(result["newest_snapshot"]),
+        "run_range": dg.MetadataValue.text(f"{first}..{last}"),
+    }
+    if result["published"]:
+        metadata["rows_updated"] = dg.MetadataValue.int(result["updated"])
+        metadata["rows_inserted"] = dg.MetadataValue.int(result["inserted"])
+    else:
+        metadata["reason"] = dg.MetadataValue.text(result["reason"])
+    return dg.MaterializeResult(metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------
+# site_visits_lake
+# --------------------------------------------------------------------------------------
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name=GROUP,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"postgres", "parquet"},
+    description="Site visits of each UTC day, exported to the lake (site_visits/visit_date=...).",
+)
+def site_visits_lake(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    first, last = _range(context)
+    visits = _store(postgres).read_site_visits(first, last)
+    by_day = _by_day(visits.with_columns(pl.col("visit_timestamp").dt.date().alias("d")), "d")
+    for day in days_between(first, last):
+        frame = by_day.get(day, visits.head(0)).drop("d", strict=False)
+        write_partition(lake.root, DATASETS["site_visits"], day, frame)
+        context.add_asset_metadata(
+            {"dagster/row_count": dg.MetadataValue.int(frame.height)},
+            partition_key=day.isoformat(),
+        )
+    return dg.MaterializeResult(metadata={"run_rows": dg.MetadataValue.int(visits.height)})
+
+
+# --------------------------------------------------------------------------------------
+# job, schedule, late-data sensor
+# --------------------------------------------------------------------------------------
+rfm_daily_job = dg.define_asset_job(
+    "rfm_daily_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    partitions_def=daily_partitions,
+    description="The daily RFM chain for one day or a range of days (one run).",
+)
+
+rfm_daily_schedule = dg.build_schedule_from_partitioned_job(
+    rfm_daily_job,
+    name="rfm_daily_schedule",
+    hour_of_day=2,
+    minute_of_hour=0,
+    description="02:00 UTC: build the previous UTC day's snapshot and publish it.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _parse_cursor(raw: str | None) -> tuple[dt.datetime | None, dict[dt.date, dt.datetime]]:
+    if not raw:
+        return None, {}
+    data = json.loads(raw)
+    since = dt.datetime.fromisoformat(data["since"]) if data.get("since") else None
+    pending = {
+        dt.date.fromisoformat(day): dt.datetime.fromisoformat(value)
+        for day, value in data.get("pending", {}).items()
+    }
+    return since, pending
+
+
+def _dump_cursor(since: dt.datetime, pending: dict[dt.date, dt.datetime]) -> str:
+    return json.dumps(
+        {
+            "since": since.isoformat(),
+            "pending": {
+                day.isoformat(): value.isoformat() for day, value in sorted(pending.items())
+            },
+        }
+    )
+
+
+@dg.sensor(
+    name="rfm_late_data_sensor",
+    job=rfm_daily_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Events ingested after a daily partition was built make it stale: compares, per "
+        "event day, the latest ingested_at with the builds' source watermarks and requests "
+        "one run over the stale range (oldest day first, newest last, so the newest "
+        "snapshot publishes last)."
+    ),
+)
+def rfm_late_data_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult | dg.SkipReason:
+    store = _store(postgres)
+    since, pending = _parse_cursor(context.cursor)
+    now_mark = store.source_watermark()
+    builds = store.builds()
+    activity = {
+        b.partition_date: Build(b.source_watermark, b.built_at)
+        for b in builds
+        if b.asset == DAILY_ACTIVITY_ASSET
+    }
+    scores = {
+        b.partition_date: Build(b.source_watermark, b.built_at)
+        for b in builds
+        if b.asset == RFM_SCORES_ASSET
+    }
+    if since is None:
+        since = min((b.source_watermark for b in builds), default=now_mark)
+    newest_built = max([*activity, *scores], default=None)
+    for day, late in store.late_evidence(since).items():
+        if newest_built is not None and day <= newest_built:
+            pending[day] = max(late, pending.get(day, late))
+
+    staleness = find_stale(pending, activity, scores, window_days=DEFAULT_RULES.window_days)
+    cursor = _dump_cursor(now_mark, staleness.open_evidence)
+    span = staleness.rebuild_range()
+    if span is None:
+        context.update_cursor(cursor)
+        return dg.SkipReason("no stale RFM partitions")
+    active = context.instance.get_runs(
+        filters=dg.RunsFilter(tags={LATE_DATA_TAG: "late-data"}, statuses=_ACTIVE), limit=1
+    )
+    if active:
+        context.update_cursor(cursor)
+        return dg.SkipReason(
+            f"stale {span[0]}..{span[1]}; waiting for rebuild run {active[0].run_id}"
+        )
+    context.log.info(
+        "late data: stale daily aggregates %s, snapshots %s -> rebuilding %s..%s",
+        sorted(d.isoformat() for d in staleness.stale_activity),
+        sorted(d.isoformat() for d in staleness.stale_scores),
+        span[0],
+        span[1],
+    )
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                tags={
+                    "dagster/asset_partition_range_start": span[0].isoformat(),
+                    "dagster/asset_partition_range_end": span[1].isoformat(),
+                    LATE_DATA_TAG: "late-data",
+                    "cc/rfm-stale-days": ",".join(d.isoformat() for d in staleness.stale_days)[
+                        :1000
+                    ],
+                },
+            )
+        ],
+        cursor=cursor,
+    )
+
+
+defs = dg.Definitions(
+    assets=[user_daily_activity, rfm_scores, user_segments, site_visits_lake],
+    jobs=[rfm_daily_job],
+    schedules=[rfm_daily_schedule],
+    sensors=[rfm_late_data_sensor],
+)
