@@ -115,4 +115,5 @@ def materialize(
 
 def query(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(libpq_url(database_url)) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
