@@ -38,6 +38,7 @@ __all__ = [
     "GroupRule",
     "RfmRules",
     "daily_activity",
+    "distribution_from_counts",
     "distribution_shift",
     "group_distribution",
     "last_event_dates",
@@ -294,11 +295,17 @@ def snapshot_violations(scores: pl.DataFrame, rules: RfmRules = DEFAULT_RULES) -
 def group_distribution(scores: pl.DataFrame, rules: RfmRules = DEFAULT_RULES) -> pl.DataFrame:
     """Users and share per group, every known group listed (in rule order), unknown ones last."""
     counts = scores.group_by(GROUP_COLUMN).agg(pl.len().cast(pl.Int64).alias("users"))
+    return distribution_from_counts(counts, rules)
+
+
+def distribution_from_counts(counts: pl.DataFrame, rules: RfmRules = DEFAULT_RULES) -> pl.DataFrame:
+    """:func:`group_distribution` from a frame of (``rfm_group``, ``users``) counts."""
     order = pl.DataFrame(
         {GROUP_COLUMN: list(rules.group_names), "order": list(range(len(rules.group_names)))},
         schema={GROUP_COLUMN: pl.String, "order": pl.Int64},
     )
-    total = scores.height
+    counts = counts.select(pl.col(GROUP_COLUMN).cast(pl.String), pl.col("users").cast(pl.Int64))
+    total = int(counts["users"].sum() or 0)
     return (
         order.join(counts, on=GROUP_COLUMN, how="full", coalesce=True)
         .with_columns(
