@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from devstack import servers
@@ -208,7 +209,11 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
         "JWT_SECRET": os.environ.get("JWT_SECRET")
         or previous.get("JWT_SECRET")
         or secrets.token_urlsafe(48),
-        "RFM_START_DATE": os.environ.get("RFM_START_DATE", previous.get("RFM_START_DATE", "")),
+        # first daily RFM partition: kept from the first `make up`; defaults to the start of
+        # the demo period (45 days before today, UTC) so every partition gets built
+        "RFM_START_DATE": os.environ.get("RFM_START_DATE")
+        or previous.get("RFM_START_DATE")
+        or (datetime.now(UTC).date() - timedelta(days=45)).isoformat(),
         "API_URL": f"http://127.0.0.1:{ports.api}",
         "DAGSTER_URL": f"http://127.0.0.1:{ports.dagster}",
     }
