@@ -44,6 +44,7 @@ __all__ = [
     "last_event_dates",
     "markdown_bar_chart",
     "rfm_scores",
+    "rfm_scores_from_events",
     "snapshot_violations",
 ]
 
@@ -246,6 +247,44 @@ def rfm_scores(
             .cast(pl.Int32)
             .alias("recency_days"),
             pl.col("frequency").fill_null(0).cast(pl.Int32),
+            pl.col("monetary").fill_null(0.0).cast(pl.Float64),
+        )
+        .with_columns(rules.group_expr())
+        .sort("user_id")
+    )
+
+
+def rfm_scores_from_events(
+    events: pl.LazyFrame, snapshot_date: dt.date, rules: RfmRules = DEFAULT_RULES
+) -> pl.LazyFrame:
+    """The snapshot of ``snapshot_date`` straight from events, in one pass (one group-by).
+
+    Same result as :func:`daily_activity` followed by :func:`rfm_scores` (the pipeline keeps
+    the daily step to reuse it across days); used to compare engines on the same events.
+    """
+    end = dt.datetime.combine(snapshot_date + dt.timedelta(days=1), dt.time(), dt.UTC)
+    start = dt.datetime.combine(rules.window_start(snapshot_date), dt.time(), dt.UTC)
+    in_window = pl.col("action_timestamp") >= start
+    spent = pl.col("action_type") == SPEND_ACTION
+    return (
+        events.filter(pl.col("action_timestamp") < end)
+        .group_by("user_id")
+        .agg(
+            pl.col("action_timestamp").max().alias("last_event_at"),
+            in_window.sum().alias("frequency"),
+            pl.col("spent_tokens").filter(in_window & spent).sum().alias("monetary"),
+        )
+        .select(
+            pl.lit(snapshot_date, dtype=pl.Date).alias("snapshot_date"),
+            pl.col("user_id").cast(pl.Int64),
+            (
+                pl.lit(snapshot_date, dtype=pl.Date)
+                - pl.col("last_event_at").dt.convert_time_zone("UTC").dt.date()
+            )
+            .dt.total_days()
+            .cast(pl.Int32)
+            .alias("recency_days"),
+            pl.col("frequency").cast(pl.Int32),
             pl.col("monetary").fill_null(0.0).cast(pl.Float64),
         )
         .with_columns(rules.group_expr())

@@ -20,6 +20,7 @@ from pipelines.domain.rfm import (
     last_event_dates,
     markdown_bar_chart,
     rfm_scores,
+    rfm_scores_from_events,
     snapshot_violations,
 )
 
@@ -186,6 +187,17 @@ def test_rfm_scores_follow_spec_definitions() -> None:
         orient="row",
     )
     assert_frame_equal(result, expected, check_exact=False, rel_tol=1e-9)
+
+
+def test_one_pass_from_events_equals_the_two_step_pipeline() -> None:
+    evts = []
+    for user in range(1, 60):
+        for i in range(user % 37):
+            day = D - dt.timedelta(days=(user * 7 + i * 3) % 50 - 3)  # some after D
+            spent = float(user * 13 % 700) if i % 3 == 0 else None
+            action = "SPEND_CYBER_TOKENS" if i % 2 == 0 else "EARN_CYBER_TOKENS"
+            evts.append((user, action, ts(day, i % 24), spent))
+    assert_frame_equal(rfm_scores_from_events(events(evts), D).collect(), _scores(evts))
 
 
 def test_event_at_midnight_belongs_to_the_next_day() -> None:
