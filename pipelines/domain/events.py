@@ -70,6 +70,9 @@ REQUIRED_AMOUNTS: Final[dict[str, str]] = {
 _FIELDS: Final = frozenset({"user_id", "action_type", "action_timestamp", "metadata"})
 _REASON_VALUE_CHARS: Final = 40
 _EMPTY: Final[dict[str, Any]] = {}
+# JSON text deeper than MAX_METADATA_DEPTH needs more than that many "{"/"[" and as many
+# closing brackets, so shorter text cannot be too deep
+_DEPTH_PROOF_LEN: Final = 2 * MAX_METADATA_DEPTH + 1
 
 
 class EventValidationError(ValueError):
@@ -263,9 +266,9 @@ def check_event(
                             timestamp = timestamp.replace(tzinfo=UTC)
                         if timestamp <= now + FUTURE_TOLERANCE:
                             text = orjson.dumps(metadata)
-                            if (
-                                b"\\u0000" not in text
-                                and text.count(b"{") + text.count(b"[") <= MAX_METADATA_DEPTH
+                            if b"\\u0000" not in text and (
+                                len(text) <= _DEPTH_PROOF_LEN
+                                or text.count(b"{") + text.count(b"[") <= MAX_METADATA_DEPTH
                             ):
                                 return user_id, action_type, timestamp, text
     return _check_exact(obj, now, from_orjson=from_orjson)
