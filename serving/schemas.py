@@ -53,9 +53,11 @@ class ActionIn(BaseModel):
     action_timestamp: str | None = Field(
         default=None,
         max_length=64,
-        description="ISO-8601; without an offset it is UTC; at most 24 h ahead. "
-        "Defaults to the server's time.",
-        json_schema_extra={"format": "date-time"},
+        description="ISO-8601 date-time (`2026-05-01T12:00:00Z`); without an offset it is "
+        "UTC; at most 24 h ahead. Defaults to the server's time.",
+        # no `format: date-time`: that is RFC 3339, which requires the offset SPEC §4 makes
+        # optional; clients would then wrongly refuse valid timestamps
+        json_schema_extra={"examples": ["2026-05-01T12:00:00Z", "2026-05-01T12:00:00"]},
     )
     metadata: dict[str, Any] | None = Field(
         default=None,

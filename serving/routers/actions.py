@@ -45,7 +45,10 @@ async def post_action(action: ActionIn, caller: CallerDep) -> ActionAccepted:
     obj = {
         "user_id": action.user_id,
         "action_type": action.action_type,
-        "action_timestamp": action.action_timestamp or now.isoformat(),
+        # only an absent timestamp defaults to now: "" is invalid (422), not "now"
+        "action_timestamp": (
+            action.action_timestamp if action.action_timestamp is not None else now.isoformat()
+        ),
         "metadata": action.metadata if action.metadata is not None else {},
     }
     event = validate_event_obj(obj, now=now)
