@@ -10,7 +10,8 @@ did not store. ``delivery_timeout_ms`` equals the deadline, so a record that was
 acknowledged in time expires in the producer instead of being sent late.
 
 The producer is created in the background at start-up and again after a failed
-creation; kafka-python reconnects to a broker that comes back on its own.
+creation; kafka-python reconnects to a broker that comes back on its own, and a producer
+that reported a Kafka error is replaced by a fresh one (see :meth:`ActionPublisher._discard`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ActionPublisher:
         self._creating: asyncio.Future[KafkaProducer] | None = None
         self._log = RateLimitedLog(logger)
         self._closed = False
+        self._next_discard = 0.0
 
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.timeout * 1000)
@@ -120,6 +122,7 @@ class ActionPublisher:
             future.add_callback(on_success)
             future.add_errback(on_error)
 
+        producer: KafkaProducer | None = None
         try:
             producer = await self._get_producer(deadline - time.monotonic())
             async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
@@ -127,6 +130,8 @@ class ActionPublisher:
                 metadata = await acked
         except (TimeoutError, KafkaError, OSError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "broker_error"
+            if isinstance(exc, KafkaError):
+                self._discard(producer)
             PUBLISH_FAILURES.labels(reason).inc()
             self._log.warning("publish to %s failed (%s): %r", self.topic, reason, exc)
             raise DependencyUnavailable(
@@ -134,6 +139,24 @@ class ActionPublisher:
             ) from None
         ACTIONS_PUBLISHED.inc()
         return Published(metadata.topic, metadata.partition, metadata.offset)
+
+    def _discard(self, producer: KafkaProducer | None) -> None:
+        """Replace a producer that reported a Kafka error (at most once per second).
+
+        An idempotent producer whose batches expired while the broker was away may need a
+        new producer id, and a broker that lost its state (a restarted local broker) can
+        refuse that for good; a fresh producer starts over cleanly.
+        """
+        now = time.monotonic()
+        if producer is not self._producer or now < self._next_discard:
+            return
+        if producer is None:
+            return
+        self._next_discard = now + 1.0
+        self._producer = None
+        self._creating = None
+        logger.warning("Kafka producer reported an error: replacing it")
+        self._executor.submit(producer.close, 1)
 
     @property
     def connected(self) -> bool:
