@@ -29,6 +29,7 @@ The module is pure (stdlib + orjson): no I/O, no clock; callers pass ``now``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -43,10 +44,12 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "MAX_USER_ID",
     "SPEND_CYBER_TOKENS",
+    "EventFields",
     "EventValidationError",
     "ValidEvent",
     "check_event",
     "decode_event",
+    "orjson_checker",
     "parse_event",
     "validate_event_obj",
 ]
@@ -220,63 +223,84 @@ def _parse_timestamp(value: object, now: datetime) -> datetime:
     return parsed
 
 
-def check_event(
-    obj: object, now: datetime, *, from_orjson: bool = False
-) -> tuple[int, str, datetime, bytes]:
-    """Validate a decoded JSON value; return ``(user_id, action_type, ts_utc, metadata_json)``.
+EventFields = tuple[int, str, datetime, bytes]
+"""``(user_id, action_type, action_timestamp in UTC, metadata as compact JSON bytes)``."""
 
-    The allocation-light core of :func:`validate_event_obj`, used by the ingestion hot path
-    (``metadata_json`` is the compact JSON to store as ``jsonb``). Pass ``from_orjson=True``
-    only for values straight from ``orjson.loads`` (enables the metadata fast path).
 
-    A conservative fast path accepts the common well-formed record; anything it is not sure
-    about goes through :func:`_check_exact`, the rule set written out field by field, which
-    either accepts it too or raises the precise error.
+def check_event(obj: object, now: datetime, *, from_orjson: bool = False) -> EventFields:
+    """Validate a decoded JSON value; return its :data:`EventFields`.
+
+    The allocation-light core of :func:`validate_event_obj` (``metadata_json`` is the
+    compact JSON to store as ``jsonb``). Pass ``from_orjson=True`` only for values straight
+    from ``orjson.loads``: it enables the fast path of :func:`orjson_checker`.
     """
-    # Fast path: every test below is one the exact rules also make; a miss falls through.
-    if type(obj) is dict and len(obj) <= 4 and _FIELDS.issuperset(obj):
-        user_id = obj.get("user_id")
-        action_type = obj.get("action_type")
-        stamp = obj.get("action_timestamp")
-        metadata = obj.get("metadata", _EMPTY)
-        if (
-            type(user_id) is int
-            and 1 <= user_id <= MAX_USER_ID
-            and type(action_type) is str
-            and 0 < len(action_type) <= MAX_ACTION_TYPE_LEN
-            and type(stamp) is str
-            and len(stamp) <= MAX_TIMESTAMP_LEN
-            and type(metadata) is dict
-            and from_orjson
-            and not action_type.isspace()
-            and "\x00" not in action_type
-        ):
-            amount_key = REQUIRED_AMOUNTS.get(action_type)
-            amount = metadata.get(amount_key, -1) if amount_key is not None else 0
-            if (type(amount) is int or type(amount) is float) and amount >= 0:
-                # from orjson: floats are finite, keys are str
-                try:
-                    timestamp = datetime.fromisoformat(stamp)
-                except ValueError:
-                    pass
-                else:
-                    tzinfo = timestamp.tzinfo
-                    if tzinfo is UTC or tzinfo is None:
-                        if tzinfo is None:
-                            timestamp = timestamp.replace(tzinfo=UTC)
-                        if timestamp <= now + FUTURE_TOLERANCE:
-                            text = orjson.dumps(metadata)
-                            if b"\\u0000" not in text and (
-                                len(text) <= _DEPTH_PROOF_LEN
-                                or text.count(b"{") + text.count(b"[") <= MAX_METADATA_DEPTH
-                            ):
-                                return user_id, action_type, timestamp, text
-    return _check_exact(obj, now, from_orjson=from_orjson)
+    if from_orjson:
+        return orjson_checker(now)(obj)
+    return _check_exact(obj, now, from_orjson=False)
 
 
-def _check_exact(
-    obj: object, now: datetime, *, from_orjson: bool
-) -> tuple[int, str, datetime, bytes]:
+def orjson_checker(now: datetime) -> Callable[[object], EventFields]:
+    """A checker of values decoded by ``orjson.loads``, for the ingestion hot path.
+
+    A conservative fast path accepts the common well-formed record (every test it makes is
+    one the exact rules make too, and ``orjson`` guarantees str keys and finite floats);
+    anything it is not sure about goes through :func:`_check_exact`, the rule set written
+    out field by field, which either accepts it as well or raises the precise error.
+    Constants are bound once per checker (one per batch), not looked up per record.
+    """
+    latest = now + FUTURE_TOLERANCE
+    is_known_fields = _FIELDS.issuperset
+    amount_key_of = REQUIRED_AMOUNTS.get
+    parse_time = datetime.fromisoformat
+    dumps = orjson.dumps
+    utc = UTC
+    empty = _EMPTY
+    max_user_id, max_type_len, max_stamp_len = MAX_USER_ID, MAX_ACTION_TYPE_LEN, MAX_TIMESTAMP_LEN
+    depth_proof_len, max_depth = _DEPTH_PROOF_LEN, MAX_METADATA_DEPTH
+    exact = _check_exact
+
+    def check(obj: object) -> EventFields:
+        if type(obj) is dict and len(obj) <= 4 and is_known_fields(obj):
+            user_id = obj.get("user_id")
+            action_type = obj.get("action_type")
+            stamp = obj.get("action_timestamp")
+            metadata = obj.get("metadata", empty)
+            if (
+                type(user_id) is int
+                and 1 <= user_id <= max_user_id
+                and type(action_type) is str
+                and 0 < len(action_type) <= max_type_len
+                and type(stamp) is str
+                and len(stamp) <= max_stamp_len
+                and type(metadata) is dict
+                and not action_type.isspace()
+                and "\x00" not in action_type
+            ):
+                amount_key = amount_key_of(action_type)
+                amount = metadata.get(amount_key, -1) if amount_key is not None else 0
+                if (type(amount) is int or type(amount) is float) and amount >= 0:
+                    try:
+                        timestamp = parse_time(stamp)
+                    except ValueError:
+                        pass
+                    else:
+                        tzinfo = timestamp.tzinfo
+                        if tzinfo is utc or tzinfo is None:
+                            if tzinfo is None:
+                                timestamp = timestamp.replace(tzinfo=utc)
+                            if timestamp <= latest:
+                                text = dumps(metadata)
+                                if b"\\u0000" not in text and (
+                                    len(text) <= depth_proof_len
+                                    or text.count(b"{") + text.count(b"[") <= max_depth
+                                ):
+                                    return user_id, action_type, timestamp, text
+        return exact(obj, now, from_orjson=True)
+
+    return check
+
+
+def _check_exact(obj: object, now: datetime, *, from_orjson: bool) -> EventFields:
     """The contract, field by field: returns the checked fields or raises the first error."""
     if not isinstance(obj, dict):
         raise EventValidationError("$", f"record must be a JSON object, got {_type_name(obj)}")

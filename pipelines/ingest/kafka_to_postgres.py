@@ -45,8 +45,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipelines.domain.events import (
     MAX_EVENT_BYTES,
     EventValidationError,
-    check_event,
     decode_event,
+    orjson_checker,
 )
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def encode_messages(
     dead: list[tuple[str, int, int, bytes | None, str]] = []
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    check = check_event
+    check = orjson_checker(now)
     epoch = _PG_EPOCH
     head, mid, offset_of = _HEAD, _MID, _OFFSET
     join = b"".join
@@ -324,7 +324,7 @@ def encode_messages(
         try:
             if raw is None or len(raw) > MAX_EVENT_BYTES:
                 decode_event(raw)  # raises with the reason
-            user_id, action_type, timestamp, metadata = check(loads(raw), now, from_orjson=True)
+            user_id, action_type, timestamp, metadata = check(loads(raw))
         except decode_error:
             dead.append((topic, number, offset, raw, _dead_reason(raw)))
             state.pending_dead += 1

@@ -366,3 +366,103 @@ def test_error_str_is_field_and_reason() -> None:
     exc = EventValidationError("user_id", "must be >= 1, got 0")
     assert str(exc) == "user_id: must be >= 1, got 0"
     assert str(EventValidationError("$", "not valid UTF-8 JSON")) == "not valid UTF-8 JSON"
+
+
+# --- the fast path agrees with the exact rules ----------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pipelines.domain.events import _check_exact, orjson_checker  # noqa: E402
+
+_json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+_stamps = st.sampled_from(
+    [
+        "2026-05-01T10:00:00+00:00",
+        "2026-05-01T10:00:00",
+        "2026-05-01T10:00:00Z",
+        "2026-05-02T12:00:00+00:00",
+        "2026-05-02T12:00:01+00:00",
+        "2026-05-01T10:00:00+05:00",
+        "2026-05-01",
+        "20260501T100000",
+        "not a time",
+        "",
+    ]
+) | st.text(max_size=30)
+_types = st.sampled_from(
+    ["LOGIN", "SPEND_CYBER_TOKENS", "EARN_CYBER_TOKENS", "", " ", "x" * 64, "x" * 65, "a\x00"]
+) | st.text(max_size=70)
+_amounts = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(-1, 1e9, allow_nan=False)
+    | st.text(max_size=3)
+)
+_records = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_id": st.integers(-2, 2**64 - 1)
+        | st.booleans()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=3)
+        | st.none(),
+        "action_type": _types | st.integers(0, 9),
+        "action_timestamp": _stamps | st.integers(0, 2**40),
+        "metadata": st.none()
+        | st.dictionaries(
+            st.sampled_from(["spent_tokens", "earned_tokens", "note", "a\x00"])
+            | st.text(max_size=4),
+            _amounts | _json,
+            max_size=4,
+        )
+        | _json,
+        "extra": st.integers(0, 9),
+    },
+)
+
+
+_near_valid = st.fixed_dictionaries(
+    {
+        "user_id": st.integers(-1, 3) | st.just(2**63 - 1) | st.just(2**63),
+        "action_type": st.sampled_from(["LOGIN", "SPEND_CYBER_TOKENS", "EARN_CYBER_TOKENS"]),
+        "action_timestamp": _stamps,
+    },
+    optional={
+        "metadata": st.dictionaries(
+            st.sampled_from(["spent_tokens", "earned_tokens", "note"]),
+            _amounts | _json,
+            max_size=3,
+        )
+    },
+)
+
+
+def _outcome(check, obj):
+    try:
+        return check(obj)
+    except EventValidationError as exc:
+        return ("error", exc.field, exc.reason)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_records | _near_valid)
+def test_fast_path_agrees_with_the_exact_rules(record):
+    obj = orjson.loads(orjson.dumps(record))
+    fast = _outcome(orjson_checker(NOW), obj)
+    exact = _outcome(lambda o: _check_exact(o, NOW, from_orjson=True), obj)
+    assert fast == exact
