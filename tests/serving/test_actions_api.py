@@ -130,6 +130,7 @@ INVALID = [
     ({"user_id": 5, "action_type": 7}, "action_type"),
     ({"user_id": 5, "action_type": "A\u0000B"}, "action_type"),
     ({"user_id": 5, "action_type": "LOGIN", "action_timestamp": "yesterday"}, "action_timestamp"),
+    ({"user_id": 5, "action_type": "LOGIN", "action_timestamp": ""}, "action_timestamp"),
     ({"user_id": 5, "action_type": "LOGIN", "action_timestamp": FUTURE}, "action_timestamp"),
     ({"user_id": 5, "action_type": "LOGIN", "action_timestamp": 1714564800}, "action_timestamp"),
     ({"user_id": 5, "action_type": "LOGIN", "action_timestamp": "2" * 80}, "action_timestamp"),
