@@ -31,6 +31,8 @@ STACK_ENV = LOCAL / "stack.env"
 APP_DB = "cc_analytics"
 DAGSTER_DB = "dagster"
 TOPIC_PARTITIONS = 6
+# uvicorn settings of the API (bench/api.py runs its framework baseline with the same)
+API_SERVER_ARGS = ("--no-access-log", "--loop", "uvloop", "--http", "httptools")
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,7 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
                 "127.0.0.1",
                 "--port",
                 str(ports.api),
-                "--no-access-log",
+                *API_SERVER_ARGS,
                 "--workers",
                 os.environ.get("API_WORKERS", "1"),
             ],
