@@ -238,10 +238,10 @@ class RfmStore:
     def publish(self, snapshot_date: dt.date) -> dict[str, Any]:
         """Upsert snapshot ``snapshot_date`` into ``user_segments`` if it is the newest.
 
-        One transaction: rows of users already present are updated (``risk_profile``
-        untouched), new users inserted. The snapshot's ``rfm_scores`` rows are the staging
-        data. Skipped (nothing written) when a newer snapshot exists in ``rfm_scores`` or
-        is already published. Concurrent publishers serialize on a transaction lock.
+        One transaction, one upsert: rows of users already present are updated
+        (``risk_profile`` untouched), new users inserted. The snapshot's ``rfm_scores``
+        rows are the staging data. Skipped (nothing written) when a newer snapshot exists
+        in ``rfm_scores`` or is already published. Publishers serialize on a lock.
         """
         with self.connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('cc.rfm.publish'))")
@@ -261,34 +261,36 @@ class RfmStore:
                     "reason": f"user_segments already holds the newer snapshot {published}",
                     "newest_snapshot": str(published),
                 }
-            updated = conn.execute(
+            # One statement: no anti-join against the table being written (with stale
+            # statistics the planner may pick a nested loop whose inner scan grows with
+            # every inserted row). Unchanged rows (a republish) are not rewritten.
+            cur = conn.execute(
                 """
-                UPDATE user_segments AS u
-                SET rfm_group = s.rfm_group, recency_days = s.recency_days,
-                    frequency = s.frequency, monetary = s.monetary,
-                    snapshot_date = s.snapshot_date, last_updated = now()
-                FROM rfm_scores AS s
-                WHERE s.snapshot_date = %s AND s.user_id = u.user_id
-                """,
-                (snapshot_date,),
-            ).rowcount
-            inserted = conn.execute(
-                """
-                INSERT INTO user_segments
+                INSERT INTO user_segments AS u
                     (user_id, rfm_group, recency_days, frequency, monetary, snapshot_date,
                      last_updated)
                 SELECT s.user_id, s.rfm_group, s.recency_days, s.frequency, s.monetary,
                        s.snapshot_date, now()
                 FROM rfm_scores AS s
                 WHERE s.snapshot_date = %s
-                  AND NOT EXISTS (SELECT 1 FROM user_segments u WHERE u.user_id = s.user_id)
+                ON CONFLICT (user_id) DO UPDATE SET
+                    rfm_group = EXCLUDED.rfm_group, recency_days = EXCLUDED.recency_days,
+                    frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary,
+                    snapshot_date = EXCLUDED.snapshot_date, last_updated = EXCLUDED.last_updated
+                WHERE (u.rfm_group, u.recency_days, u.frequency, u.monetary, u.snapshot_date)
+                    IS DISTINCT FROM (EXCLUDED.rfm_group, EXCLUDED.recency_days,
+                        EXCLUDED.frequency, EXCLUDED.monetary, EXCLUDED.snapshot_date)
                 """,
                 (snapshot_date,),
-            ).rowcount
+            )
+            upserted = cur.rowcount
+            total = conn.execute(
+                "SELECT count(*) FROM rfm_scores WHERE snapshot_date = %s", (snapshot_date,)
+            ).fetchone()
         return {
             "published": True,
-            "updated": updated,
-            "inserted": inserted,
+            "rows": int(total[0]) if total else 0,
+            "written": upserted,
             "newest_snapshot": str(snapshot_date),
         }
 

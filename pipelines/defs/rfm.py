@@ -414,7 +414,7 @@ def _snapshot_metadata(
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"postgres"},
     description=(
-        "Publishes the newest snapshot to user_segments in one transaction (update + insert "
+        "Publishes the newest snapshot to user_segments in one transaction (one upsert "
         "from the snapshot's rfm_scores rows; risk_profile untouched). A run whose last "
         "partition is older than the newest snapshot (a backfill) publishes nothing. Skipped "
         "when a blocking check of rfm_scores failed."
@@ -427,10 +427,7 @@ def user_segments(
     result = _store(postgres).publish(last)
     if result["published"]:
         context.log.info(
-            "published snapshot %s: %s updated, %s inserted",
-            last,
-            result["updated"],
-            result["inserted"],
+            "published snapshot %s: %s rows, %s written", last, result["rows"], result["written"]
         )
     else:
         context.log.info("snapshot %s not published: %s", last, result["reason"])
@@ -440,8 +437,8 @@ def user_segments(
         "run_range": dg.MetadataValue.text(f"{first}..{last}"),
     }
     if result["published"]:
-        metadata["rows_updated"] = dg.MetadataValue.int(result["updated"])
-        metadata["rows_inserted"] = dg.MetadataValue.int(result["inserted"])
+        metadata["dagster/row_count"] = dg.MetadataValue.int(result["rows"])
+        metadata["rows_written"] = dg.MetadataValue.int(result["written"])
     else:
         metadata["reason"] = dg.MetadataValue.text(result["reason"])
     return dg.MaterializeResult(metadata=metadata)
