@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = "1.0.0"
 SEGMENT_LOAD_WAIT_S = 30.0
+SEGMENT_HEARTBEAT_S = 5.0
+SEGMENT_FALLBACK_RELOAD_S = 30.0
 GC_THRESHOLD0 = 10_000
 
 
@@ -128,7 +130,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     publisher.start()
     thresholds: tuple[int, int, int] | None = None
     store = SegmentStore()
-    sync = SegmentSync(store, dsn, timeout=db_timeout)
+    sync = SegmentSync(
+        store,
+        dsn,
+        timeout=db_timeout,
+        heartbeat=SEGMENT_HEARTBEAT_S,
+        fallback_reload=SEGMENT_FALLBACK_RELOAD_S,
+    )
     streaks = StreakReader(redis, timeout=settings.api_redis_timeout_s)
     try:
         await sync.start(wait=SEGMENT_LOAD_WAIT_S)

@@ -11,7 +11,8 @@ acknowledged in time expires in the producer instead of being sent late.
 
 The producer is created in the background at start-up and again after a failed
 creation; kafka-python reconnects to a broker that comes back on its own, and a producer
-that reported a Kafka error is replaced by a fresh one (see :meth:`ActionPublisher._discard`).
+that failed a publish (Kafka error or timeout) is replaced by a fresh one (see
+:meth:`ActionPublisher._discard`).
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ class ActionPublisher:
                 metadata = await acked
         except (TimeoutError, KafkaError, OSError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else "broker_error"
-            if isinstance(exc, KafkaError):
-                self._discard(producer)
+            # a timeout too: kafka-python's idempotent producer never recovers from a broker
+            # that hung (requests timed out, batches expired) - every later send times out
+            self._discard(producer)
             PUBLISH_FAILURES.labels(reason).inc()
             self._log.warning("publish to %s failed (%s): %r", self.topic, reason, exc)
             raise DependencyUnavailable(
@@ -141,11 +143,13 @@ class ActionPublisher:
         return Published(metadata.topic, metadata.partition, metadata.offset)
 
     def _discard(self, producer: KafkaProducer | None) -> None:
-        """Replace a producer that reported a Kafka error (at most once per second).
+        """Replace a producer that failed a publish (at most once per second).
 
         An idempotent producer whose batches expired while the broker was away may need a
         new producer id, and a broker that lost its state (a restarted local broker) can
-        refuse that for good; a fresh producer starts over cleanly.
+        refuse that for good; after a broker that hung (SIGSTOP, a network partition) comes
+        back, kafka-python's producer times out every send for good. A fresh producer
+        starts over cleanly.
         """
         now = time.monotonic()
         if producer is not self._producer or now < self._next_discard:
@@ -167,7 +171,10 @@ class ActionPublisher:
         producer, self._producer = self._producer, None
         loop = asyncio.get_running_loop()
         if producer is not None:
-            await loop.run_in_executor(self._executor, lambda: producer.close(timeout=2))
+            try:
+                await loop.run_in_executor(self._executor, lambda: producer.close(timeout=2))
+            except KafkaError as exc:  # shutting down with the broker away: go on closing
+                logger.warning("Kafka producer did not close cleanly: %r", exc)
         if self._creating is not None and not self._creating.done():
             self._creating.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -48,6 +48,16 @@ async def fetch_segments(
     return await cur.fetchall()  # type: ignore[return-value]
 
 
+async def segments_notify(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+    """Whether the change-notification triggers of migration 0002 are installed."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'user_segments'::regclass "
+        "AND tgname LIKE 'user_segments_notify_%' AND NOT tgisinternal"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0] == 4)
+
+
 def iter_all_segments(
     conn: psycopg.Connection[tuple[object, ...]], *, chunk: int = 50_000
 ) -> Iterator[list[SegmentRow]]:

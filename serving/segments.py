@@ -130,6 +130,7 @@ class SegmentSync:
         timeout: float,
         heartbeat: float = 5.0,
         coalesce: float = 0.2,
+        fallback_reload: float = 30.0,
     ) -> None:
         self.store = store
         self._dsn = dsn
@@ -139,6 +140,9 @@ class SegmentSync:
         self._task: asyncio.Task[None] | None = None
         self._first_load = asyncio.Event()
         self.listening = False
+        self._notified = True
+        self._fallback_reload = fallback_reload
+        self._reloaded = 0.0
         self._log = RateLimitedLog(logger, interval=30.0)
 
     async def start(self, *, wait: float) -> None:
@@ -172,6 +176,14 @@ class SegmentSync:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {repository.SEGMENTS_CHANNEL}")
+                    self._notified = await repository.segments_notify(conn)
+                    if not self._notified:
+                        logger.warning(
+                            "user_segments has no change notifications (migration 0002 not "
+                            "applied? run `make migrate`): reloading the segment copy every "
+                            "%.0fs instead",
+                            self._fallback_reload,
+                        )
                     await self._reload()
                     self._set_listening(True)
                     backoff = 0.2
@@ -193,6 +205,7 @@ class SegmentSync:
             load_table, self._dsn, connect_timeout=max(1, round(self._timeout))
         )
         self.store.replace(table)
+        self._reloaded = time.monotonic()
         SEGMENT_COPY_RELOADS.inc()
         self._first_load.set()
         logger.info(
@@ -205,6 +218,10 @@ class SegmentSync:
             if not notes:
                 async with asyncio.timeout(self._timeout):
                     await conn.execute("SELECT 1")
+                if not self._notified and time.monotonic() - self._reloaded >= (
+                    self._fallback_reload
+                ):
+                    await self._reload()
                 continue
             payloads = [n.payload for n in notes]
             payloads += [n.payload async for n in conn.notifies(timeout=0.01)]

@@ -270,3 +270,24 @@ async def test_segments_published_before_startup_are_served(api_env, tokens, see
         response = await get_reco(api, tokens, uid)
         assert response.status_code == 200
         assert response.json()["recommended_reward_probability"] == 0.75
+
+
+async def test_without_the_notify_triggers_the_copy_reloads_periodically(
+    api_env, monkeypatch, tokens, seed_segments, caplog
+):
+    """A database not migrated to 0002: a warning, and periodic reloads keep the copy fresh."""
+    with psycopg.connect(api_env["DATABASE_URL"], autocommit=True) as conn:
+        for trigger in ("insert", "update", "delete", "truncate"):
+            conn.execute(f"DROP TRIGGER user_segments_notify_{trigger} ON user_segments")
+    monkeypatch.setattr("serving.main.SEGMENT_HEARTBEAT_S", 0.2)
+    monkeypatch.setattr("serving.main.SEGMENT_FALLBACK_RELOAD_S", 0.5)
+    uid = new_user_id()
+    seed_segments([(uid, "Whale", "Low-Risk")])
+    async with running_app() as api:
+        assert "migration 0002 not applied" in caplog.text
+        assert (await get_reco(api, tokens, uid)).json()["risk_profile"] == "Low-Risk"
+        with psycopg.connect(api_env["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute(
+                "UPDATE user_segments SET risk_profile = 'High-Risk' WHERE user_id = %s", (uid,)
+            )
+        await wait_visible(api, tokens, uid, lambda b: b["risk_profile"] == "High-Risk")
