@@ -328,7 +328,7 @@ def main() -> int:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     sql = duckdb_sql(str(parquet), d)
-    duck_s, duck_scores = best_of(3, lambda: con.execute(sql).pl())
+    duck_s, duck_scores = best_of(3, lambda: con.sql(sql).pl())
     assert isinstance(polars_scores, pl.DataFrame) and isinstance(duck_scores, pl.DataFrame)
     cols = ["user_id", "recency_days", "frequency", "rfm_group"]
     same = polars_scores.select(cols).equals(

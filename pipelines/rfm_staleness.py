@@ -20,6 +20,8 @@ Rules (``D`` ranges over built snapshots, ``window(D)`` = ``[D-29, D]``):
    ``D``'s watermark (the snapshot read an older version). Rule 3b needs no evidence; it
    also catches a rebuild run that refreshed the aggregates but failed before the
    snapshots.
+4. A snapshot that took users' latest event dates from an earlier snapshot (its
+   ``prior_snapshot``) is stale when that one is stale, was rebuilt after it, or is gone.
 
 Evidence that makes nothing stale any more (everything it touched was rebuilt after it)
 is consumed.
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 class Build:
     source_watermark: dt.datetime
     built_at: dt.datetime
+    prior_snapshot: dt.date | None = None  # snapshots: latest event dates carried from it
 
 
 @dataclass(frozen=True)
@@ -92,5 +95,16 @@ def find_stale(
             if activity is not None and activity.built_at >= build.source_watermark:
                 stale_scores.add(snapshot)
                 break
+
+    # rule 4: carried from a stale or since rebuilt (or vanished) snapshot - oldest first, so
+    # staleness flows down a chain of carried snapshots in one pass
+    for snapshot in sorted(score_builds):
+        build = score_builds[snapshot]
+        prior = build.prior_snapshot
+        if prior is None:
+            continue
+        source = score_builds.get(prior)
+        if source is None or prior in stale_scores or source.built_at > build.built_at:
+            stale_scores.add(snapshot)
 
     return Staleness(frozenset(stale_activity), frozenset(stale_scores), open_evidence)

@@ -21,12 +21,15 @@ import datetime as dt
 import io
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import psycopg
+import pyarrow as pa
+from psycopg.types.json import Jsonb
 
 from pipelines.domain.rfm import DAILY_ACTIVITY_SCHEMA, LAST_EVENT_SCHEMA, SCORES_SCHEMA
 
@@ -37,13 +40,19 @@ MAX_OPEN_TRANSACTION = dt.timedelta(minutes=10)
 DAILY_ACTIVITY_ASSET = "user_daily_activity"
 RFM_SCORES_ASSET = "rfm_scores"
 
+# ``spent_tokens`` is only extracted where it counts (SPEND events, numeric value); the
+# metadata column travels as raw jsonb (Arrow extension of a string), cheaper than ::text.
 EVENT_COLUMNS_SQL = """
-SELECT id, user_id, action_type, action_timestamp, metadata::text AS metadata, ingested_at,
-       CASE WHEN jsonb_typeof(metadata -> 'spent_tokens') = 'number'
+SELECT id, user_id, action_type, action_timestamp, metadata, ingested_at,
+       CASE WHEN action_type = 'SPEND_CYBER_TOKENS'
+             AND jsonb_typeof(metadata -> 'spent_tokens') = 'number'
             THEN (metadata ->> 'spent_tokens')::float8 END AS spent_tokens
 FROM user_actions
 WHERE action_timestamp >= $1 AND action_timestamp < $2
 """
+#: Reads of more than this many hours are split in two halves read concurrently (two
+#: server backends, Arrow decoding overlaps).
+PARALLEL_READ_MIN_HOURS = 12
 
 EVENTS_LAKE_SCHEMA = pl.Schema(
     {
@@ -85,6 +94,7 @@ class PartitionBuild:
     source_watermark: dt.datetime
     row_count: int
     built_at: dt.datetime
+    prior_snapshot: dt.date | None = None
 
 
 class RfmStore:
@@ -102,7 +112,7 @@ class RfmStore:
         with adbc.connect(self.dsn) as conn, conn.cursor() as cur:
             cur.execute(sql, parameters=tuple(params) if params else None)
             table = cur.fetch_arrow_table()
-        frame = pl.from_arrow(table)
+        frame = pl.from_arrow(_plain(table))
         assert isinstance(frame, pl.DataFrame)
         return frame
 
@@ -127,10 +137,18 @@ class RfmStore:
     # -- events ------------------------------------------------------------------------
     def read_events(self, first: dt.date, last: dt.date) -> pl.DataFrame:
         """Every event with ``first <= action_timestamp < last + 1 day`` (lake columns)."""
-        frame = self.read_arrow(
-            EVENT_COLUMNS_SQL, (day_start(first), day_start(last + dt.timedelta(days=1)))
-        )
-        return _conform(frame, EVENTS_LAKE_SCHEMA)
+        start, end = day_start(first), day_start(last + dt.timedelta(days=1))
+        if end - start < dt.timedelta(hours=PARALLEL_READ_MIN_HOURS):
+            return _conform(self.read_arrow(EVENT_COLUMNS_SQL, (start, end)), EVENTS_LAKE_SCHEMA)
+        middle = start + (end - start) / 2
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            halves = list(
+                pool.map(
+                    lambda span: self.read_arrow(EVENT_COLUMNS_SQL, span),
+                    [(start, middle), (middle, end)],
+                )
+            )
+        return pl.concat([_conform(half, EVENTS_LAKE_SCHEMA) for half in halves])
 
     def read_last_event_before(self, before: dt.date) -> pl.DataFrame:
         """Each user's latest event date among events before ``before`` 00:00 UTC."""
@@ -154,15 +172,29 @@ class RfmStore:
         return _conform(frame, SITE_VISITS_SCHEMA)
 
     # -- daily activity ----------------------------------------------------------------
-    def read_daily_activity(self, first: dt.date, last: dt.date) -> pl.DataFrame:
+    def read_daily_activity(
+        self, first: dt.date, last: dt.date, *, with_last_event_at: bool = True
+    ) -> pl.DataFrame:
+        schema = DAILY_ACTIVITY_SCHEMA
+        if not with_last_event_at:
+            schema = pl.Schema({k: v for k, v in schema.items() if k != "last_event_at"})
+        columns = ", ".join(schema)
         frame = self.read_arrow(
-            """
-            SELECT activity_date, user_id, event_count, spent_tokens, last_event_at
-            FROM user_daily_activity WHERE activity_date BETWEEN $1 AND $2
-            """,
+            f"SELECT {columns} FROM user_daily_activity WHERE activity_date BETWEEN $1 AND $2",
             (first, last),
         )
-        return _conform(frame, DAILY_ACTIVITY_SCHEMA)
+        return _conform(frame, schema)
+
+    def read_snapshot_last_events(self, snapshot_date: dt.date) -> pl.DataFrame:
+        """Each user's latest event date as of a stored snapshot (covers events < D+1)."""
+        frame = self.read_arrow(
+            """
+            SELECT user_id, snapshot_date - recency_days AS last_event_date
+            FROM rfm_scores WHERE snapshot_date = $1
+            """,
+            (snapshot_date,),
+        )
+        return _conform(frame, LAST_EVENT_SCHEMA)
 
     def replace_daily_activity(
         self,
@@ -194,16 +226,22 @@ class RfmStore:
         *,
         watermark: dt.datetime,
         run_id: str | None = None,
+        prior_snapshot: dt.date | None = None,
     ) -> dict[dt.date, int]:
         """Replace snapshots ``[first, last]`` of ``rfm_scores`` in one transaction."""
         scores = scores.filter(pl.col("snapshot_date").is_between(first, last))
         counts = _counts_by_day(scores, "snapshot_date", first, last)
+        groups: dict[dt.date, dict[str, int]] = {day: {} for day in counts}
+        for day, group, users in scores.group_by("snapshot_date", "rfm_group").len().iter_rows():
+            groups[day][group] = int(users)
         with self.connect() as conn:
             conn.execute(
                 "DELETE FROM rfm_scores WHERE snapshot_date BETWEEN %s AND %s", (first, last)
             )
             _copy(conn, "rfm_scores", scores.select(list(SCORES_SCHEMA)))
-            _record_builds(conn, RFM_SCORES_ASSET, counts, watermark, run_id)
+            _record_builds(
+                conn, RFM_SCORES_ASSET, counts, watermark, run_id, prior_snapshot, groups
+            )
         return counts
 
     def read_scores(self, snapshot_date: dt.date) -> pl.DataFrame:
@@ -217,21 +255,30 @@ class RfmStore:
         return _conform(frame, SCORES_SCHEMA)
 
     def previous_group_counts(self, before: dt.date) -> tuple[dt.date | None, pl.DataFrame]:
-        """Group counts of the newest snapshot older than ``before`` (date, frame)."""
+        """Users per group of the newest snapshot older than ``before`` (date, frame)."""
+        empty = pl.DataFrame(schema={"rfm_group": pl.String, "users": pl.Int64})
         with self.connect(autocommit=True) as conn:
             row = conn.execute(
-                "SELECT max(snapshot_date) FROM rfm_scores WHERE snapshot_date < %s", (before,)
+                "SELECT partition_date, group_counts FROM rfm_partition_builds "
+                "WHERE asset = %s AND partition_date < %s "
+                "ORDER BY partition_date DESC LIMIT 1",
+                (RFM_SCORES_ASSET, before),
             ).fetchone()
-            previous = row[0] if row else None
-            if previous is None:
-                return None, pl.DataFrame(schema={"rfm_group": pl.String, "users": pl.Int64})
-            rows = conn.execute(
-                "SELECT rfm_group, count(*) FROM rfm_scores WHERE snapshot_date = %s "
-                "GROUP BY rfm_group",
-                (previous,),
-            ).fetchall()
+            if row is None:
+                return None, empty
+            previous, group_counts = row
+            if group_counts is None:
+                rows = conn.execute(
+                    "SELECT rfm_group, count(*) FROM rfm_scores WHERE snapshot_date = %s "
+                    "GROUP BY rfm_group",
+                    (previous,),
+                ).fetchall()
+                group_counts = dict(rows)
+        if not group_counts:
+            return previous, empty
         return previous, pl.DataFrame(
-            rows, schema={"rfm_group": pl.String, "users": pl.Int64}, orient="row"
+            {"rfm_group": list(group_counts), "users": [int(v) for v in group_counts.values()]},
+            schema={"rfm_group": pl.String, "users": pl.Int64},
         )
 
     # -- publishing --------------------------------------------------------------------
@@ -298,8 +345,8 @@ class RfmStore:
     def builds(self, asset: str | None = None) -> list[PartitionBuild]:
         with self.connect(autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT asset, partition_date, source_watermark, row_count, built_at "
-                "FROM rfm_partition_builds WHERE %s::text IS NULL OR asset = %s "
+                "SELECT asset, partition_date, source_watermark, row_count, built_at, "
+                "prior_snapshot FROM rfm_partition_builds WHERE %s::text IS NULL OR asset = %s "
                 "ORDER BY asset, partition_date",
                 (asset, asset),
             ).fetchall()
@@ -366,16 +413,45 @@ def _record_builds(
     counts: dict[dt.date, int],
     watermark: dt.datetime,
     run_id: str | None,
+    prior_snapshot: dt.date | None = None,
+    group_counts: dict[dt.date, dict[str, int]] | None = None,
 ) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             """
             INSERT INTO rfm_partition_builds
-                (asset, partition_date, source_watermark, row_count, built_at, run_id)
-            VALUES (%s, %s, %s, %s, now(), %s)
+                (asset, partition_date, source_watermark, row_count, built_at, run_id,
+                 prior_snapshot, group_counts)
+            VALUES (%s, %s, %s, %s, now(), %s, %s, %s)
             ON CONFLICT (asset, partition_date) DO UPDATE SET
                 source_watermark = EXCLUDED.source_watermark, row_count = EXCLUDED.row_count,
-                built_at = EXCLUDED.built_at, run_id = EXCLUDED.run_id
+                built_at = EXCLUDED.built_at, run_id = EXCLUDED.run_id,
+                prior_snapshot = EXCLUDED.prior_snapshot, group_counts = EXCLUDED.group_counts
             """,
-            [(asset, day, watermark, count, run_id) for day, count in sorted(counts.items())],
+            [
+                (
+                    asset,
+                    day,
+                    watermark,
+                    count,
+                    run_id,
+                    prior_snapshot,
+                    Jsonb(group_counts[day]) if group_counts is not None else None,
+                )
+                for day, count in sorted(counts.items())
+            ],
         )
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Replace Arrow extension columns (e.g. ``arrow.json`` of jsonb) by their storage."""
+    columns = []
+    changed = False
+    for column in table.columns:
+        if isinstance(column.type, pa.BaseExtensionType):
+            column = pa.chunked_array(
+                [chunk.storage for chunk in column.chunks], type=column.type.storage_type
+            )
+            changed = True
+        columns.append(column)
+    return pa.table(columns, names=table.column_names) if changed else table

@@ -145,5 +145,7 @@ rfm_partition_builds = Table(
     Column("row_count", BigInteger, nullable=False),
     Column("built_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("run_id", Text, nullable=True),
+    Column("prior_snapshot", Date, nullable=True),
+    Column("group_counts", JSONB, nullable=True),
     PrimaryKeyConstraint("asset", "partition_date"),
 )

@@ -15,6 +15,7 @@ rebuilds partitions that events ingested late have made stale (see
 import datetime as dt
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -25,6 +26,7 @@ from pipelines.domain.rfm import (
     DEFAULT_RULES,
     EVENTS_SCHEMA,
     LAST_EVENT_SCHEMA,
+    SCORES_SCHEMA,
     RfmRules,
     daily_activity,
     distribution_from_counts,
@@ -231,8 +233,19 @@ def rfm_scores(
     rules = config.rules()
     store = _store(postgres)
     watermark = store.source_watermark()
-    scores = build_scores(store, first, last, rules, start_date=rfm_start_date(), log=context.log)
-    counts = store.replace_scores(first, last, scores, watermark=watermark, run_id=context.run_id)
+    scores, carried = build_scores(
+        store, first, last, rules, start_date=rfm_start_date(), log=context.log
+    )
+    counts = store.replace_scores(
+        first, last, scores, watermark=watermark, run_id=context.run_id, prior_snapshot=carried
+    )
+    context.log.info(
+        "rfm_scores %s..%s: %s rows; latest event dates before the run from %s",
+        first,
+        last,
+        scores.height,
+        f"snapshot {carried}" if carried else "user_actions",
+    )
 
     previous_date, previous_counts = store.previous_group_counts(first)
     previous = (
@@ -308,44 +321,60 @@ def build_scores(
     *,
     start_date: dt.date,
     log: Any = None,
-) -> pl.DataFrame:
-    """Snapshots ``first..last`` from the stored daily aggregates and ``user_actions``.
+) -> tuple[pl.DataFrame, dt.date | None]:
+    """Snapshots ``first..last`` from the stored daily aggregates; returns the prior used.
 
-    Window days whose aggregate is not built (or that precede the first partition) are
-    aggregated on the fly from ``user_actions`` (not stored), so a snapshot is right even
-    when its window has not been backfilled. Each user's latest event before the first
-    window comes from one aggregate query over ``user_actions``; later days come from the
-    daily rows already loaded.
+    Each user's latest event date before the run comes from the stored snapshot of
+    ``first - 1`` when it exists (``snapshot - recency_days``: it covers every event before
+    ``first``; a stale one is itself rebuilt by the late-data sensor, and so is everything
+    carried from it), else from one aggregate query over ``user_actions``. Window days whose
+    aggregate is not built (or that precede the first partition) are aggregated on the fly
+    from ``user_actions`` (not stored), so a snapshot is right even when its window has not
+    been backfilled. The two big reads run concurrently.
     """
     window_first = rules.window_start(first)
-    built = store.built_days(DAILY_ACTIVITY_ASSET, window_first, last)
-    activity = store.read_daily_activity(window_first, last)
+    previous = first - dt.timedelta(days=1)
+    carried = (
+        previous
+        if previous >= start_date
+        and store.built_days(RFM_SCORES_ASSET, previous, previous).get(previous) is not None
+        else None
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        prior_future = pool.submit(
+            store.read_snapshot_last_events if carried else store.read_last_event_before,
+            carried or window_first,
+        )
+        built = store.built_days(DAILY_ACTIVITY_ASSET, window_first, last)
+        activity = store.read_daily_activity(window_first, last, with_last_event_at=False)
+        prior = prior_future.result()
     missing = [day for day in days_between(window_first, last) if day not in built]
     if missing:
         if log is not None:
             log.info("aggregating %s window day(s) without a built aggregate", len(missing))
-        extra = [
-            daily_activity(store.read_events(a, b).lazy().select(list(EVENTS_SCHEMA)))
-            for a, b in _spans(missing)
-        ]
+        extra = pl.collect_all(
+            [
+                daily_activity(store.read_events(a, b).lazy().select(list(EVENTS_SCHEMA)))
+                for a, b in _spans(missing)
+            ]
+        )
         activity = pl.concat(
             [
                 activity.filter(~pl.col("activity_date").is_in(missing)),
-                *[frame.collect() for frame in extra],
+                *[frame.select(activity.columns) for frame in extra],
             ]
         )
-    prior = store.read_last_event_before(window_first)
 
     frames = []
     lazy_activity = activity.lazy()
     for day in days_between(first, last):
-        start = rules.window_start(day)
-        earlier = lazy_activity.filter(pl.col("activity_date") < start).select(
+        earlier = lazy_activity.filter(pl.col("activity_date") < rules.window_start(day)).select(
             "user_id", pl.col("activity_date").alias("last_event_date")
         )
         day_prior = pl.concat([prior.lazy(), earlier]).cast(dict(LAST_EVENT_SCHEMA))
         frames.append(compute_rfm_scores(lazy_activity, day_prior, day, rules))
-    return pl.concat(pl.collect_all(frames)) if frames else pl.DataFrame()
+    scores = pl.concat(pl.collect_all(frames)) if frames else pl.DataFrame(schema=SCORES_SCHEMA)
+    return scores, carried
 
 
 def _spans(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
@@ -545,7 +574,7 @@ def rfm_late_data_sensor(
         if b.asset == DAILY_ACTIVITY_ASSET
     }
     scores = {
-        b.partition_date: Build(b.source_watermark, b.built_at)
+        b.partition_date: Build(b.source_watermark, b.built_at, b.prior_snapshot)
         for b in builds
         if b.asset == RFM_SCORES_ASSET
     }

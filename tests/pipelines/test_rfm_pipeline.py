@@ -127,6 +127,13 @@ def test_rebuild_is_idempotent(database_url: str, tmp_path: Path) -> None:
         == first
     )
     assert query(database_url, "SELECT * FROM user_daily_activity ORDER BY 1, 2") == activity
+    # the last run carried latest event dates from snapshot D-1 instead of scanning events
+    assert query(
+        database_url,
+        "SELECT prior_snapshot FROM rfm_partition_builds "
+        "WHERE asset = 'rfm_scores' AND partition_date = %s",
+        (D,),
+    ) == [(D - DAY,)]
     assert len(first) == 11  # 5 users on D-1 (user 5 starts on D), 6 on D, no duplicates
 
 

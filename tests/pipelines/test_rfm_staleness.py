@@ -79,3 +79,21 @@ def test_snapshot_outside_the_window_ignores_a_rebuilt_old_aggregate() -> None:
     activity = {D - 40 * DAY: built(D - 40 * DAY, T0 + HOUR)}
     scores = {D: built(D, T0)}
     assert find_stale({}, activity, scores, window_days=30).stale_days == []
+
+
+def test_staleness_flows_down_a_chain_of_carried_snapshots() -> None:
+    # D-2 read raw events; D-1 carried latest event dates from D-2, D from D-1
+    days = [D - i * DAY for i in range(3)]
+    scores = {
+        d: Build(T0 + (d - D), T0 + (d - D) + dt.timedelta(seconds=1), prior_snapshot=d - DAY)
+        for d in days
+    }
+    scores[D - 2 * DAY] = Build(T0 - 2 * DAY, T0 - 2 * DAY)
+    # an event of a day long before every window, ingested after D-2 was built but before
+    # D-1 and D were: only D-2 missed it directly, the others inherited the gap
+    late = {D - 60 * DAY: T0 - 2 * DAY + HOUR}
+    result = find_stale(late, {}, scores, window_days=30)
+    assert result.stale_scores == set(days)
+    # once D-2 is rebuilt after D-1 and D were built, they are stale by rule 4 alone
+    scores[D - 2 * DAY] = Build(T0 + HOUR, T0 + HOUR)
+    assert find_stale({}, {}, scores, window_days=30).stale_scores == {D - DAY, D}

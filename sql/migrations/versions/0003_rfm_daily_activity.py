@@ -4,9 +4,11 @@
   ``SPEND_CYBER_TOKENS`` events, last event time. Written by the daily asset
   ``user_daily_activity``, one day (or a backfill window) replaced per transaction.
 - ``rfm_partition_builds``: one row per (asset, daily partition) built by the RFM chain,
-  written in the same transaction as the data: when it was built, how many rows, and
-  ``source_watermark`` - every event ingested before it was visible to the build. The
-  late-data sensor compares ``user_actions.ingested_at`` with it.
+  written in the same transaction as the data: when it was built, how many rows,
+  ``source_watermark`` (every event ingested before it was visible to the build; the
+  late-data sensor compares ``user_actions.ingested_at`` with it), the previous snapshot a
+  snapshot carried users' latest event dates from (``prior_snapshot``), and a snapshot's
+  users per group (``group_counts``).
 - ``user_segments`` gets ``fillfactor = 50``: publishing updates every row once a day;
   free space on each page keeps those updates HOT (no index churn, no bloat).
 
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -48,6 +51,8 @@ def upgrade() -> None:
         sa.Column("row_count", sa.BigInteger, nullable=False),
         sa.Column("built_at", sa.DateTime(timezone=True), nullable=False, server_default=_NOW),
         sa.Column("run_id", sa.Text, nullable=True),
+        sa.Column("prior_snapshot", sa.Date, nullable=True),
+        sa.Column("group_counts", postgresql.JSONB, nullable=True),
         sa.PrimaryKeyConstraint("asset", "partition_date", name="pk_rfm_partition_builds"),
     )
     op.execute("ALTER TABLE user_segments SET (fillfactor = 50)")
