@@ -47,6 +47,7 @@ from pipelines.domain.events import (
     EventValidationError,
     decode_event,
     orjson_checker,
+    parse_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -589,6 +590,117 @@ def _check_log_start(topic: str, partition: int, stored: int, begin: int) -> Non
         )
 
 
+_LAST_INGESTED_SQL = (
+    "SELECT false, user_id, action_type, action_timestamp, NULL::bytea FROM user_actions"
+    " WHERE kafka_topic = %(t)s AND kafka_partition = %(p)s AND kafka_offset = %(o)s"
+    " UNION ALL SELECT true, NULL, NULL, NULL, raw FROM user_actions_dead_letter"
+    " WHERE kafka_topic = %(t)s AND kafka_partition = %(p)s AND kafka_offset = %(o)s"
+)
+
+
+_OLDER_LOG = (
+    "the topic was recreated or the broker lost its data (the local in-memory broker "
+    "forgets everything when it stops). Nothing was written. Ingest into a new topic, or "
+    "delete this partition's kafka_offsets row once its old rows are archived."
+)
+
+
+def _same_record(stored: tuple[Any, ...], raw: bytes | None) -> bool:
+    """Is ``raw`` (from Kafka) the record that became this row or dead letter?"""
+    is_dead, user_id, action_type, timestamp, dead_raw = stored
+    if is_dead:
+        return (None if dead_raw is None else bytes(dead_raw)) == raw
+    try:
+        event = parse_event(raw, now=datetime.now(UTC))
+    except EventValidationError:
+        return False
+    return (event.user_id, event.action_type, event.action_timestamp) == (
+        user_id,
+        action_type,
+        timestamp,
+    )
+
+
+def _verify_same_log(
+    kafka: Consumer,
+    brokers: Sequence[str],
+    conn: psycopg.Connection,
+    topic: str,
+    stored: dict[int, int],
+    begins: dict[int, int],
+    timeout: float,
+) -> None:
+    """Refuse stored offsets that belong to an older incarnation of the partition's log.
+
+    A recreated topic, or a broker that lost its data (the local in-memory broker on
+    restart), starts its logs at offset 0 again. While a new log is shorter than the stored
+    ``next_offset`` that shows (:func:`_confirm_target`); once it has grown past it,
+    resuming there would silently skip the new log's first records. So the record at
+    ``next_offset - 1`` is fetched and must be the one stored (row or dead letter) for that
+    position. Positions no longer in the log (retention) or no longer in Postgres (archived
+    rows) cannot be checked and are not. ``kafka`` is (re)assigned for the probe.
+    """
+    probes: dict[int, tuple[int, tuple[Any, ...]]] = {}
+    for p, next_offset in stored.items():
+        last = next_offset - 1
+        if last < begins[p]:
+            continue
+        row = conn.execute(_LAST_INGESTED_SQL, {"t": topic, "p": p, "o": last}).fetchone()
+        if row is not None:
+            probes[p] = (last, tuple(row))
+    if not probes:
+        return
+    kafka.assign([TopicPartition(topic, p, last) for p, (last, _) in probes.items()])
+    deadline = time.monotonic() + timeout
+    while probes:
+        if time.monotonic() > deadline:
+            raise _unavailable(
+                brokers,
+                f"fetch partitions {sorted(probes)} of {topic!r} within {timeout:.0f}s",
+                "no answer",
+            )
+        for message in kafka.consume(num_messages=100, timeout=0.1):
+            p = message.partition()
+            if p not in probes:
+                continue
+            last, row = probes[p]
+            error = message.error()
+            if error is not None:
+                if error.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                    raise OffsetsOutOfRangeError(
+                        f"partition {p} of {topic!r}: stored next_offset {last + 1} is outside "
+                        f"the log ({error.str()}); {_OLDER_LOG}"
+                    )
+                if error.code() != KafkaError._PARTITION_EOF:
+                    _raise_kafka_failure(brokers, topic, _KafkaFailure(p, error))
+                if message.offset() <= last:  # the log ends before the stored offset
+                    raise OffsetsOutOfRangeError(
+                        f"partition {p} of {topic!r}: stored next_offset {last + 1} is past "
+                        f"the log end {message.offset()}; {_OLDER_LOG}"
+                    )
+                del probes[p]  # no record at that position (compacted, control record)
+            elif message.offset() > last:
+                del probes[p]  # idem
+            elif message.offset() == last:
+                if not _same_record(row, message.value()):
+                    raise OffsetsOutOfRangeError(
+                        f"partition {p} of {topic!r}: the record at offset {last} is not the "
+                        f"one ingested from there, so the stored next_offset {last + 1} "
+                        "belongs to an older log and resuming there would skip the new log's "
+                        f"first records; {_OLDER_LOG}"
+                    )
+                del probes[p]
+        for p, (last, _) in probes.items():
+            # a fetch past the end may bring neither records nor an error: the high
+            # watermark of the fetch response tells (see _confirm_target)
+            high = _cached_high_watermark(kafka, topic, p)
+            if high is not None and high <= last:
+                raise OffsetsOutOfRangeError(
+                    f"partition {p} of {topic!r}: stored next_offset {last + 1} is past "
+                    f"the log end {high}; {_OLDER_LOG}"
+                )
+
+
 def _raise_kafka_failure(brokers: Sequence[str], topic: str, failure: _KafkaFailure) -> None:
     code = failure.error.code()
     if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
@@ -630,13 +742,15 @@ def measure_lag(
     kafka = _consumer(brokers, config, errors, fetch_bytes=4096)
     try:
         owned = _topic_partitions(kafka, brokers, topic, partitions, timeout_seconds)
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            stored = _stored_offsets(conn, consumer, topic, owned)
         parts: dict[int, _Partition] = {}
         listed: dict[int, int] = {}
-        for p in owned:
-            begin, listed[p] = _watermarks(kafka, brokers, topic, p, timeout_seconds)
-            parts[p] = _Partition(topic, p, stored.get(p, begin))
+        begins: dict[int, int] = {}
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            stored = _stored_offsets(conn, consumer, topic, owned)
+            for p in owned:
+                begins[p], listed[p] = _watermarks(kafka, brokers, topic, p, timeout_seconds)
+                parts[p] = _Partition(topic, p, stored.get(p, begins[p]))
+            _verify_same_log(kafka, brokers, conn, topic, stored, begins, timeout_seconds)
         kafka.assign([TopicPartition(topic, p, part.position) for p, part in parts.items()])
         deadline = time.monotonic() + timeout_seconds
         pending = set(owned)
@@ -709,13 +823,19 @@ def ingest(
             stored = _stored_offsets(conn, config.consumer, config.topic, owned)
             lanes = min(config.writers, len(owned))
             listed: dict[int, int] = {}
+            begins: dict[int, int] = {}
             parts: dict[int, _Partition] = {}
             for i, p in enumerate(owned):
-                begin, listed[p] = _watermarks(consumer, brokers, config.topic, p, timeout)
-                start = stored.get(p, begin)
-                _check_log_start(config.topic, p, start, begin)
+                begins[p], listed[p] = _watermarks(consumer, brokers, config.topic, p, timeout)
+                start = stored.get(p, begins[p])
+                _check_log_start(config.topic, p, start, begins[p])
                 parts[p] = _Partition(config.topic, p, start, lane=i % lanes)
                 report.partitions[p] = PartitionReport(p, start, listed[p], start)
+            probe = _consumer(brokers, config, errors, fetch_bytes=4096)
+            try:
+                _verify_same_log(probe, brokers, conn, config.topic, stored, begins, timeout)
+            finally:
+                probe.close()
             while len(connections) < lanes:
                 connections.append(_connect(dsn))
             writers = [
