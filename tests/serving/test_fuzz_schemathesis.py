@@ -11,6 +11,7 @@ without a token every ``/api/*`` call is a 401 problem with a Bearer challenge.
 from __future__ import annotations
 
 import secrets
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -147,3 +148,54 @@ def test_invalid_action_timestamp_is_422_not_now(fuzz_api: FuzzApi, timestamp: s
     )
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "action_timestamp"
+
+
+def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 request with the request target exactly as given (no client-side
+    normalisation), no Authorization header; returns (status, response head + body)."""
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "/api/actions"),
+        ("POST", "//api/actions"),
+        ("POST", "/api//actions"),
+        ("POST", "/api/./actions"),
+        ("POST", "/api/../api/actions"),
+        ("POST", "/%61pi/actions"),
+        ("POST", "/api%2factions"),
+        ("POST", "/api/actions/"),
+        ("POST", "/api/actions?token=x"),
+        ("POST", "http://127.0.0.1/api/actions"),
+        ("POST", "/api/notify/site_visit"),
+        ("POST", "/API/notify/site_visit"),
+        ("GET", "/api/user-segments/1/recommendation"),
+        ("HEAD", "/api/user-segments/1/recommendation"),
+        ("GET", "/api/user-segments/1/recommendation/"),
+        ("GET", "//api/user-segments/1/recommendation"),
+        ("GET", "/api/user-segments/%31/recommendation"),
+        ("OPTIONS", "/api/actions"),
+    ],
+)
+def test_no_request_target_reaches_an_api_handler_without_a_token(
+    fuzz_api: FuzzApi, method: str, target: str
+) -> None:
+    """However the path is spelled, an anonymous request never gets past the auth guard:
+    it is refused (401) or matches no route (404/405); never handled (2xx, 422, 5xx)."""
+    body = b'{"user_id": 1, "action_type": "LOGIN", "source": "x"}' if method == "POST" else b""
+    status, answer = raw_request(fuzz_api.api.port, method, target, body)
+    assert status in (401, 404, 405), answer[:500]
+    if status == 401:
+        assert b"www-authenticate: Bearer" in answer.lower().replace(b"bearer", b"Bearer")
