@@ -164,10 +164,12 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     errors = []
     for error in exc.errors():
         reason = str(error.get("msg", "invalid"))
-        ctx = error.get("ctx") or {}
-        if error.get("type") == "json_invalid" and ctx.get("error"):
-            reason = f"invalid JSON: {ctx['error']}"
-        errors.append({"field": _field_of(error.get("loc", ())), "reason": reason})
+        field = _field_of(error.get("loc", ()))
+        if error.get("type") == "json_invalid":
+            ctx = error.get("ctx") or {}
+            reason = f"invalid JSON: {ctx.get('error') or reason}"
+            field = "$"  # the body as a whole (loc holds a character position)
+        errors.append({"field": field, "reason": reason})
     return errors or [{"field": "$", "reason": "invalid request"}]
 
 

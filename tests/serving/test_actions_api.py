@@ -188,4 +188,7 @@ async def test_unparseable_bodies_are_422(api, tokens, content, content_type):
     )
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["errors"]
+    errors = response.json()["errors"]
+    assert errors and all(error["field"] and error["reason"] for error in errors)
+    if content_type == "application/json" and content not in (b"[1, 2]", b""):
+        assert errors[0]["field"] == "$" and errors[0]["reason"].startswith("invalid JSON")
