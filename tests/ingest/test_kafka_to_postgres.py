@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import orjson
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from pipelines.domain.events import parse_event
 from pipelines.ingest.kafka_to_postgres import (
@@ -36,13 +37,27 @@ def test_exact_rows_and_dead_letters(database_url: str, brokers: list[str], kafk
     sent = produce(brokers[0], kafka_topic, mixed)
     assert len({s.partition for s in sent}) >= 4  # keys spread over the partitions
 
-    report = ingest(database_url, brokers, IngestConfig(topic=kafka_topic, batch_records=64))
+    group = f"mirror-{kafka_topic}"
+    report = ingest(
+        database_url,
+        brokers,
+        IngestConfig(topic=kafka_topic, batch_records=64, mirror_group_id=group),
+    )
 
     got = assert_exactly_once(database_url, kafka_topic, sent)
     assert (report.records_read, report.rows_written, report.dead_letters) == (256, 240, 16)
     assert len(got.rows) == 240 and len(got.dead) == 16
     assert report.lag_after == dict.fromkeys(range(6), 0)
     assert report.batches >= 4
+    # the consumer group mirrors the stored offsets (for lag dashboards only)
+    mirror = Consumer({"bootstrap.servers": brokers[0], "group.id": group})
+    try:
+        committed = mirror.committed(
+            [TopicPartition(kafka_topic, p) for p in got.offsets], timeout=10
+        )
+    finally:
+        mirror.close()
+    assert {tp.partition: tp.offset for tp in committed} == got.offsets
     reasons = {v: reason for k, v, reason in BAD_RECORDS}
     now = datetime.now(UTC)
     for s in sent:
