@@ -15,6 +15,7 @@ warning is logged); a missing or malformed setting stops start-up with one line 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -102,43 +103,47 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     policy = load_policy(settings)
     db_timeout = settings.api_db_timeout_s
     dsn = settings.psycopg_dsn
-    pool = AsyncConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=10,
-        open=False,
-        timeout=db_timeout,
-        check=AsyncConnectionPool.check_connection,
-        name="api",
-        kwargs={
-            "autocommit": True,
-            "connect_timeout": max(1, round(db_timeout)),
-            "options": f"-c statement_timeout={int(db_timeout * 1000)}",
-        },
-    )
-    await pool.open(wait=False)
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.api_redis_timeout_s,
-        socket_connect_timeout=settings.api_redis_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=32,
-    )
-    publisher = ActionPublisher(
-        settings.kafka_broker, settings.kafka_topic, timeout=settings.api_publish_timeout_s
-    )
-    publisher.start()
-    thresholds: tuple[int, int, int] | None = None
-    store = SegmentStore()
-    sync = SegmentSync(
-        store,
-        dsn,
-        timeout=db_timeout,
-        heartbeat=SEGMENT_HEARTBEAT_S,
-        fallback_reload=SEGMENT_FALLBACK_RELOAD_S,
-    )
-    streaks = StreakReader(redis, timeout=settings.api_redis_timeout_s)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closes in reverse order of opening
+        pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=10,
+            open=False,
+            timeout=db_timeout,
+            check=AsyncConnectionPool.check_connection,
+            name="api",
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(db_timeout)),
+                "options": f"-c statement_timeout={int(db_timeout * 1000)}",
+            },
+        )
+        await pool.open(wait=False)  # start even while Postgres is down
+        stack.push_async_callback(pool.close)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.api_redis_timeout_s,
+            socket_connect_timeout=settings.api_redis_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=32,
+        )
+        stack.push_async_callback(redis.aclose)  # type: ignore[attr-defined]  # old stubs
+        publisher = ActionPublisher(
+            settings.kafka_broker, settings.kafka_topic, timeout=settings.api_publish_timeout_s
+        )
+        publisher.start()
+        stack.push_async_callback(publisher.aclose)
+        streaks = StreakReader(redis, timeout=settings.api_redis_timeout_s)
+        stack.push_async_callback(streaks.aclose)
+        store = SegmentStore()
+        sync = SegmentSync(
+            store,
+            dsn,
+            timeout=db_timeout,
+            heartbeat=SEGMENT_HEARTBEAT_S,
+            fallback_reload=SEGMENT_FALLBACK_RELOAD_S,
+        )
+        stack.push_async_callback(sync.aclose)
         await sync.start(wait=SEGMENT_LOAD_WAIT_S)
         app.state.services = Services(
             pool=pool,
@@ -153,19 +158,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             redis_timeout=settings.api_redis_timeout_s,
         )
         app.state.authenticator = Authenticator(secret)
-        thresholds = tune_gc()
+        stack.callback(_detach, app)
+        stack.callback(_restore_gc, tune_gc())
         yield
-    finally:
-        gc.unfreeze()
-        if thresholds is not None:
-            gc.set_threshold(*thresholds)
-        app.state.authenticator = None
-        app.state.services = None
-        await sync.aclose()
-        await streaks.aclose()
-        await publisher.aclose()
-        await redis.aclose()  # type: ignore[attr-defined]  # (types-redis predates aclose)
-        await pool.close()
+
+
+def _detach(app: FastAPI) -> None:
+    app.state.authenticator = None
+    app.state.services = None
+
+
+def _restore_gc(thresholds: tuple[int, int, int]) -> None:
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 _ERROR_RESPONSES = {
