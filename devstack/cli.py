@@ -152,6 +152,20 @@ def _dagster_home() -> Path:
     return home
 
 
+def dagster_storage_url(url: str) -> str:
+    """``DAGSTER_PG_URL`` with the psycopg2 driver named explicitly.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` URL to psycopg 3, whose server-side
+    parameter binding rejects dagster-postgres' ``NOTIFY run_events, :notify_id``: every
+    event write fails and no run ever starts. dagster-postgres is built on psycopg2 (its
+    own dependency).
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        return "postgresql+psycopg2://" + rest
+    return url
+
+
 def up(*, with_apps: bool = True) -> dict[str, str]:
     """Start the local stack; returns the environment it wrote to stack.env."""
     ports = Ports.from_env()
@@ -171,8 +185,8 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             database_url = servers.database_url(server_url, APP_DB)
             servers.ensure_database(server_url, APP_DB)
             _step(f"postgres {state} on 127.0.0.1:{ports.pg} (log {pg.log_file})")
-        dagster_pg_url = os.environ.get("DAGSTER_PG_URL") or servers.database_url(
-            server_url, DAGSTER_DB
+        dagster_pg_url = dagster_storage_url(
+            os.environ.get("DAGSTER_PG_URL") or servers.database_url(server_url, DAGSTER_DB)
         )
         with contextlib.suppress(Exception):
             servers.ensure_database(server_url, DAGSTER_DB)
