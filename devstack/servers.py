@@ -485,24 +485,24 @@ def database_url(server_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Apply Alembic migrations to `url` in-process."""
-    from alembic import command
+def _alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
-    root = Path(__file__).resolve().parent.parent
-    cfg = Config(str(root / "alembic.ini"))
+    cfg = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
     cfg.attributes["url"] = url
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, revision)
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Apply Alembic migrations to `url` in-process (`alembic upgrade`)."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
+    """Revert Alembic migrations of `url` down to `revision` (`alembic downgrade`)."""
     from alembic import command
-    from alembic.config import Config
 
-    root = Path(__file__).resolve().parent.parent
-    cfg = Config(str(root / "alembic.ini"))
-    cfg.attributes["url"] = url
-    cfg.attributes["configure_logger"] = False
-    command.downgrade(cfg, revision)
+    command.downgrade(_alembic_config(url), revision)
