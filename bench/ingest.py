@@ -170,6 +170,8 @@ def copy_rate(dsn: str, topic: str, messages: list[object]) -> float:
                     copy.write(rows)
                     copy.write(k2p._TRAILER)
 
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the ingestion run starts after one too
     threads = [threading.Thread(target=write, args=(chunks,)) for chunks in lanes]
     started = time.perf_counter()
     for thread in threads:
@@ -222,6 +224,7 @@ def main() -> int:
         copy = copy_rate(dsn, topic, messages)
         del messages
 
+        cpu_before = time.process_time()
         started = time.perf_counter()
         report = k2p.ingest(
             dsn,
@@ -229,6 +232,7 @@ def main() -> int:
             k2p.IngestConfig(topic=topic, batch_records=BATCH, writers=WRITERS),
         )
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
         with psycopg.connect(dsn) as conn:
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset))"
@@ -246,7 +250,8 @@ def main() -> int:
             f"ingested {EVENTS:,} records in {elapsed:.2f}s ({report.batches} transactions, "
             f"{WRITERS} writers); main thread: consume {report.timings['consume']:.1f}s, "
             f"validate+encode {report.timings['encode']:.1f}s, waiting for writers "
-            f"{report.timings['wait_writer']:.1f}s; writers busy {report.timings['write']:.1f}s"
+            f"{report.timings['wait_writer']:.1f}s; writers busy {report.timings['write']:.1f}s;"
+            f" CPU of this process {cpu:.1f}s ({cpu / EVENTS * 1e6:.1f} us/record)"
         )
         result("ingest_rows_per_s", ingest, "rows/s")
         result("kafka_consume_rows_per_s", consume, "rows/s")
