@@ -41,7 +41,7 @@ from pipelines.settings import libpq_url
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "1000000"))
 PARTITIONS = 6
 BATCH = 50_000
-WRITERS = 2
+WRITERS = int(os.environ.get("BENCH_INGEST_WRITERS", "2"))
 ACTIONS = ("LOGIN", "VIEW_PAGE", "SPEND_CYBER_TOKENS", "EARN_CYBER_TOKENS", "CLICK_BANNER")
 
 
