@@ -115,7 +115,8 @@ def test_sigkill_20_times_during_100k_events_then_drain_is_exactly_once(
     sent = produce(kafka_bootstrap, kafka_topic, records)
     assert len(sent) == EVENTS
 
-    thresholds = sorted(rng.sample(range(1, int(EVENTS * 0.95)), KILLS))
+    # up to 80%: a kill lands at most ~10k records (50 ms) past its threshold, never at the end
+    thresholds = sorted(rng.sample(range(1, int(EVENTS * 0.8)), KILLS))
     kills: list[tuple[int, int, float]] = []  # (threshold, stored at kill, delay)
     log = tmp_path / "ingest-runs.log"
     started = time.monotonic()
