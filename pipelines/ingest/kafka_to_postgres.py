@@ -735,7 +735,8 @@ def measure_lag(
 
     Reads ``kafka_offsets`` and probes each partition with a tiny fetch at its stored
     offset, whose response carries the true high watermark (see :func:`_confirm_target`).
-    Raises :class:`OffsetsOutOfRangeError` when stored offsets are ahead of the log.
+    Raises :class:`OffsetsOutOfRangeError` when stored offsets are ahead of the log or
+    belong to an older log (see :func:`_verify_same_log`).
     """
     config = IngestConfig(topic=topic, consumer=consumer, request_timeout_seconds=timeout_seconds)
     errors = _ErrorLog()
