@@ -141,7 +141,6 @@ def produce(brokers: list[str], topic: str, last_day: dt.date) -> tuple[int, int
         linger_ms=20,
         batch_size=512 * 1024,
         max_request_size=8 * 1024 * 1024,
-        buffer_memory=128 * 1024 * 1024,
         request_timeout_ms=30_000,
     )
     try:
@@ -168,6 +167,23 @@ def _insert_site_visits(dsn: str, last_day: dt.date) -> int:
         for row in visits:
             copy.write_row(row)
     return len(visits)
+
+
+def _seed_risk_profiles(dsn: str) -> int:
+    """Risk profiles come from another system; the demo sets some so the policy varies."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        cur = conn.execute(
+            """
+            INSERT INTO user_segments (user_id, risk_profile)
+            SELECT g, CASE WHEN g <= %(whales)s THEN
+                           CASE WHEN g %% 2 = 1 THEN 'High-Risk' ELSE 'Low-Risk' END
+                      ELSE (ARRAY['Low-Risk', 'Medium-Risk', 'High-Risk'])[g %% 3 + 1] END
+            FROM generate_series(1, %(users)s) AS g
+            ON CONFLICT (user_id) DO NOTHING
+            """,
+            {"whales": PERSONAS[0].users, "users": N_USERS},
+        )
+        return cur.rowcount
 
 
 def _topic_end(brokers: list[str], topic: str) -> int:
@@ -222,27 +238,35 @@ def run_demo(env: dict[str, str]) -> list[str]:
     last_day = _yesterday()
     sys.stdout.write("Loading the demo:\n")
 
+    produced = 0
+    stored_before = _stored(dsn, topic)
     if _has_demo_rows(dsn):
         _step("demo data already in user_actions: nothing produced (make run is idempotent)")
     else:
         started = time.monotonic()
         events, malformed = produce(brokers, topic, last_day)
+        produced = events + malformed
         _step(
             f"produced {events:,} events of {N_USERS:,} users and {malformed} malformed records "
             f"to {topic} in {time.monotonic() - started:.1f}s"
         )
         _step(f"inserted {_insert_site_visits(dsn, last_day):,} site visits")
+        _step(
+            f"risk profiles for {_seed_risk_profiles(dsn):,} users (the pipeline never sets them)"
+        )
 
-    target = _topic_end(brokers, topic)
+    # drain the topic: ingestion runs until every record is a row or a dead letter
+    target = max(_topic_end(brokers, topic), stored_before + produced)
     started = time.monotonic()
-    for attempt in range(1, 21):
-        if attempt > 1 and _stored(dsn, topic) >= target:
-            break
+    stored = stored_before
+    for _ in range(20):
         _dagster(["--select", "user_actions"], run_env, log)
-    stored = _stored(dsn, topic)
+        previous, stored = stored, _stored(dsn, topic)
+        if stored >= target or stored == previous:
+            break
     _step(
-        f"ingested: {stored:,} of {target:,} records of {topic} stored (rows + dead letters) "
-        f"in {time.monotonic() - started:.1f}s"
+        f"ingested through Dagster: {stored:,} records of {topic} stored (rows + dead letters; "
+        f"topic end {target:,}) in {time.monotonic() - started:.1f}s"
     )
 
     start_env = env.get("RFM_START_DATE") or os.environ.get("RFM_START_DATE")
@@ -268,13 +292,17 @@ def _summary(dsn: str, env: dict[str, str], last_day: dt.date) -> list[str]:
             "SELECT rfm_group, count(*) FROM user_segments GROUP BY 1 ORDER BY 2"
         ).fetchall()
         dead = conn.execute("SELECT count(*) FROM user_actions_dead_letter").fetchone()
-        picks = {
-            group: conn.execute(
-                "SELECT min(user_id) FROM user_segments WHERE rfm_group = %s", (group,)
+        picks = [
+            conn.execute(
+                "SELECT min(user_id) FROM user_segments WHERE rfm_group = %s "
+                "AND risk_profile IS NOT DISTINCT FROM %s",
+                (group, risk),
             ).fetchone()
-            for group in ("Whale", "Low")
-        }
-    user = next((row[0] for row in (picks["Whale"], picks["Low"]) if row and row[0]), 1)
+            for group, risk in (("Whale", "High-Risk"), ("Medium", "Low-Risk"), ("Low", None))
+        ]
+    found = [row[0] for row in picks if row and row[0] is not None]
+    user = found[0] if found else 1
+    other = found[1] if len(found) > 1 else user
     api = env["API_URL"]
     lines = [
         "  Segments   : " + ", ".join(f"{g} {n:,}" for g, n in groups) + f" (snapshot {last_day})",
@@ -292,12 +320,12 @@ def _summary(dsn: str, env: dict[str, str], last_day: dt.date) -> list[str]:
     lines += [
         "  Tokens     : valid 24 h, signed with JWT_SECRET from .local/stack.env",
         f"    export SERVICE_TOKEN={service}",
-        f"    export USER_TOKEN={user_token}   # user {user}",
+        f"    export USER_TOKEN={user_token}   # user {user} (acts on that user only)",
         "  Try        :",
         f'    curl -s -H "Authorization: Bearer $USER_TOKEN" '
         f"{api}/api/user-segments/{user}/recommendation",
         f'    curl -s -H "Authorization: Bearer $SERVICE_TOKEN" '
-        f"{api}/api/user-segments/2/recommendation",
+        f"{api}/api/user-segments/{other}/recommendation",
         f'    curl -s -X POST -H "Authorization: Bearer $USER_TOKEN" '
         f"-H 'Content-Type: application/json' "
         f'-d \'{{"user_id": {user}, "action_type": "SPEND_CYBER_TOKENS", '
