@@ -88,6 +88,8 @@ def test_definitions_wire_sensor_job_and_run_limits():
     job = defs.resolve_job_def("user_actions_ingest_job")
     assert job.tags[ingest_defs.INGEST_TAG] == "all"
     assert "dagster/max_runtime" in job.tags
+    # the contiguity check runs in every ingestion run of the job
+    assert "user_actions_offsets_contiguous" in {node.name for node in job.graph.node_defs}
     spec = defs.resolve_assets_def("user_actions").specs_by_key[dg.AssetKey("user_actions")]
     assert spec.group_name == "ingestion"
     assert {"kafka", "postgres"} <= set(spec.kinds)
