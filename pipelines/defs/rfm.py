@@ -254,9 +254,44 @@ def rfm_scores(
     scores, carried = build_scores(
         store, first, last, rules, start_date=rfm_start_date(), log=context.log
     )
-    counts = store.replace_scores(
-        first, last, scores, watermark=watermark, run_id=context.run_id, prior_snapshot=carried
-    )
+    totals = {"duplicate_users": 0, "unknown_groups": 0, "negative_measures": 0}
+    per_day_violations: dict[str, dict[str, int]] = {}
+    shifts: dict[str, float] = {}
+    # the Postgres write (COPY) runs while the lake files, checks and metadata are made
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(
+            store.replace_scores,
+            first,
+            last,
+            scores,
+            watermark=watermark,
+            run_id=context.run_id,
+            prior_snapshot=carried,
+        )
+        previous_date, previous_counts = store.previous_group_counts(first)
+        previous = (
+            distribution_from_counts(previous_counts, rules) if previous_date is not None else None
+        )
+        by_day = _by_day(scores, "snapshot_date")
+        for day in days_between(first, last):
+            snapshot = by_day.get(day, scores.head(0))
+            write_partition(lake.root, DATASETS["rfm_scores"], day, snapshot)
+            violations = snapshot_violations(snapshot, rules)
+            per_day_violations[day.isoformat()] = violations
+            for key, value in violations.items():
+                totals[key] += value
+            distribution = group_distribution(snapshot, rules)
+            max_shift = None
+            if previous is not None:
+                shift = distribution_shift(previous, distribution)
+                max_shift = float(shift["shift"].max() or 0.0)
+                shifts[day.isoformat()] = max_shift
+            context.add_asset_metadata(
+                _snapshot_metadata(day, snapshot.height, distribution, rules, config, max_shift),
+                partition_key=day.isoformat(),
+            )
+            previous = distribution
+        written.result()
     context.log.info(
         "rfm_scores %s..%s: %s rows; latest event dates before the run from %s",
         first,
@@ -264,33 +299,6 @@ def rfm_scores(
         scores.height,
         f"snapshot {carried}" if carried else "user_actions",
     )
-
-    previous_date, previous_counts = store.previous_group_counts(first)
-    previous = (
-        distribution_from_counts(previous_counts, rules) if previous_date is not None else None
-    )
-    totals = {"duplicate_users": 0, "unknown_groups": 0, "negative_measures": 0}
-    per_day_violations: dict[str, dict[str, int]] = {}
-    shifts: dict[str, float] = {}
-    by_day = _by_day(scores, "snapshot_date")
-    for day in days_between(first, last):
-        snapshot = by_day.get(day, scores.head(0))
-        write_partition(lake.root, DATASETS["rfm_scores"], day, snapshot)
-        violations = snapshot_violations(snapshot, rules)
-        per_day_violations[day.isoformat()] = violations
-        for key, value in violations.items():
-            totals[key] += value
-        distribution = group_distribution(snapshot, rules)
-        max_shift = None
-        if previous is not None:
-            shift = distribution_shift(previous, distribution)
-            max_shift = float(shift["shift"].max() or 0.0)
-            shifts[day.isoformat()] = max_shift
-        context.add_asset_metadata(
-            _snapshot_metadata(day, counts[day], distribution, rules, config, max_shift),
-            partition_key=day.isoformat(),
-        )
-        previous = distribution
 
     threshold = config.max_group_share_shift
     shifted = {day: value for day, value in shifts.items() if value > threshold}
