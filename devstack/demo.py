@@ -289,7 +289,8 @@ def run_demo(env: dict[str, str]) -> list[str]:
 def _summary(dsn: str, env: dict[str, str], last_day: dt.date) -> list[str]:
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         groups = conn.execute(
-            "SELECT rfm_group, count(*) FROM user_segments GROUP BY 1 ORDER BY 2"
+            "SELECT rfm_group, count(*) FROM user_segments WHERE rfm_group IS NOT NULL "
+            "GROUP BY 1 ORDER BY 2"
         ).fetchall()
         dead = conn.execute("SELECT count(*) FROM user_actions_dead_letter").fetchone()
         picks = [
