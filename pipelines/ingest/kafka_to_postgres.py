@@ -437,8 +437,9 @@ class _Writer(threading.Thread):
                     copy.write(_TRAILER)
             if batch.dead:
                 with cur.copy(_COPY_DEAD) as copy:
-                    for item in batch.dead:
-                        copy.write_row(item)
+                    for topic, partition, offset, raw, error in batch.dead:
+                        # text cannot hold NUL; reasons never should, but must not block
+                        copy.write_row((topic, partition, offset, raw, error.replace("\x00", "?")))
             cur.executemany(
                 "INSERT INTO kafka_offsets (consumer, topic, partition, next_offset, updated_at)"
                 " VALUES (%s, %s, %s, %s, now())"
