@@ -201,12 +201,14 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
             _step(f"redis {state} on 127.0.0.1:{ports.redis} (log {redis_server.log_file})")
 
         topic = os.environ.get("KAFKA_TOPIC", "topic_user_actions")
+        fresh_local_broker = False
         if os.environ.get("KAFKA_BROKER"):
             kafka_broker = os.environ["KAFKA_BROKER"]
             _step("kafka: using KAFKA_BROKER from the environment")
         else:
             broker = _kafka()
-            state = "already running" if broker.running() else "started"
+            fresh_local_broker = not broker.running()
+            state = "started" if fresh_local_broker else "already running"
             kafka_broker = broker.start()
             _step(f"kafka broker (tansu, memory storage) {state} on {kafka_broker}")
         servers.ensure_topic(kafka_broker.split(","), topic, TOPIC_PARTITIONS)
@@ -242,6 +244,14 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
     except Exception as exc:
         _fail(f"migrations failed: {exc}")
     _step("migrations applied (alembic upgrade head)")
+    if fresh_local_broker:
+        retired = retire_forgotten_log(database_url, topic)
+        if retired:
+            _step(
+                f"the local broker starts empty (memory storage): {retired} stored offsets of "
+                f"{topic} retired with their rows (kafka_topic renamed to {topic}@retired-...);"
+                " ingestion starts again at offset 0"
+            )
 
     if with_apps:
         _dagster_home()
@@ -290,6 +300,40 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
         )
     print(f"Stack is up. Settings: source {STACK_ENV}", flush=True)
     return env_values
+
+
+def retire_forgotten_log(database_url: str, topic: str) -> int:
+    """A fresh local tansu broker has forgotten every message: retire the stored offsets.
+
+    Rows, dead letters and offsets of `topic` keep their data but move to the topic name
+    `<topic>@retired-<UTC time>` in one transaction, so the exactly-once keys of the new,
+    empty log (offsets from 0 again) cannot collide with them and ingestion does not refuse
+    to start. Only `make up` calls this, and only when it started the local broker itself.
+    Returns the number of partitions whose offsets were retired.
+    """
+    import datetime as dt
+
+    import psycopg
+    from psycopg import sql
+
+    from pipelines.settings import libpq_url
+
+    retired = f"{topic}@retired-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    with psycopg.connect(libpq_url(database_url), connect_timeout=10) as conn:
+        moved = conn.execute(
+            "UPDATE kafka_offsets SET topic = %s, updated_at = now()"
+            " WHERE topic = %s AND next_offset > 0",
+            (retired, topic),
+        ).rowcount
+        if moved:
+            for table in ("user_actions", "user_actions_dead_letter"):
+                conn.execute(
+                    sql.SQL("UPDATE {} SET kafka_topic = %s WHERE kafka_topic = %s").format(
+                        sql.Identifier(table)
+                    ),
+                    (retired, topic),
+                )
+    return moved
 
 
 def down() -> None:
