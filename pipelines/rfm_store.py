@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import logging
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +152,35 @@ class RfmStore:
             )
         return pl.concat([_conform(half, EVENTS_LAKE_SCHEMA) for half in halves])
 
+    def iter_events_by_day(
+        self, days: Sequence[dt.date], *, prefetch: int = 2
+    ) -> Iterator[tuple[dt.date, pl.DataFrame]]:
+        """Events of each day, in order, read ``prefetch`` days ahead on worker threads.
+
+        Memory stays bounded by a few days of events however long the range, and the
+        reads (Postgres) overlap whatever the caller does with each day.
+        """
+        if len(days) == 1:
+            yield days[0], self.read_events(days[0], days[0])
+            return
+        with ThreadPoolExecutor(max_workers=prefetch) as pool:
+            pending: deque[tuple[dt.date, Future[pl.DataFrame]]] = deque()
+            queue = iter(days)
+            for day in itertools.islice(queue, prefetch):
+                pending.append((day, pool.submit(self._read_day, day)))
+            while pending:
+                day, future = pending.popleft()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self._read_day, nxt)))
+                yield day, future.result()
+
+    def _read_day(self, day: dt.date) -> pl.DataFrame:
+        frame = self.read_arrow(
+            EVENT_COLUMNS_SQL, (day_start(day), day_start(day + dt.timedelta(days=1)))
+        )
+        return _conform(frame, EVENTS_LAKE_SCHEMA)
+
     def read_last_event_before(self, before: dt.date) -> pl.DataFrame:
         """Each user's latest event date among events before ``before`` 00:00 UTC."""
         frame = self.read_arrow(
@@ -200,20 +231,28 @@ class RfmStore:
         self,
         first: dt.date,
         last: dt.date,
-        activity: pl.DataFrame,
+        activity: pl.DataFrame | Iterable[pl.DataFrame],
         *,
         watermark: dt.datetime,
         run_id: str | None = None,
     ) -> dict[dt.date, int]:
-        """Replace days ``[first, last]`` of ``user_daily_activity`` in one transaction."""
-        activity = activity.filter(pl.col("activity_date").is_between(first, last))
-        counts = _counts_by_day(activity, "activity_date", first, last)
+        """Replace days ``[first, last]`` of ``user_daily_activity`` in one transaction.
+
+        ``activity`` is one frame or an iterable of frames (e.g. one per day, produced while
+        this transaction is open: each is COPYed as it arrives, the commit comes last).
+        """
+        frames = [activity] if isinstance(activity, pl.DataFrame) else activity
+        counts = {day: 0 for day in days_between(first, last)}
         with self.connect() as conn:
             conn.execute(
                 "DELETE FROM user_daily_activity WHERE activity_date BETWEEN %s AND %s",
                 (first, last),
             )
-            _copy(conn, "user_daily_activity", activity.select(list(DAILY_ACTIVITY_SCHEMA)))
+            for frame in frames:
+                frame = frame.filter(pl.col("activity_date").is_between(first, last))
+                for day, count in frame.group_by("activity_date").len().iter_rows():
+                    counts[day] += int(count)
+                _copy(conn, "user_daily_activity", frame.select(list(DAILY_ACTIVITY_SCHEMA)))
             _record_builds(conn, DAILY_ACTIVITY_ASSET, counts, watermark, run_id)
         return counts
 

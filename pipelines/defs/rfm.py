@@ -15,6 +15,7 @@ rebuilds partitions that events ingested late have made stale (see
 import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -115,23 +116,23 @@ def user_daily_activity(
     first, last = _range(context)
     store = _store(postgres)
     watermark = store.source_watermark()
-    events = store.read_events(first, last)
-    activity = daily_activity(events.lazy().select(list(EVENTS_SCHEMA))).collect()
-    # the Postgres write (COPY) and the lake files run side by side
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        written = pool.submit(
-            store.replace_daily_activity,
-            first,
-            last,
-            activity,
-            watermark=watermark,
-            run_id=context.run_id,
-        )
-        lake_events = _write_events_lake(lake.root, events, first, last)
-        counts = written.result()
-    n_events, n_rows = events.height, activity.height
-    del events, activity
+    lake_events: dict[dt.date, int] = {}
 
+    def per_day() -> Iterator[pl.DataFrame]:
+        # day by day: bounded memory; reads run ahead on worker threads while each day is
+        # aggregated, written to the lake and COPYed into the (still open) transaction
+        for day, events in store.iter_events_by_day(days_between(first, last)):
+            activity = daily_activity(events.lazy().select(list(EVENTS_SCHEMA))).collect(
+                engine="streaming"
+            )
+            write_partition(lake.root, DATASETS["user_actions"], day, events)
+            lake_events[day] = events.height
+            yield activity
+
+    counts = store.replace_daily_activity(
+        first, last, per_day(), watermark=watermark, run_id=context.run_id
+    )
+    n_events, n_rows = sum(lake_events.values()), sum(counts.values())
     for day in days_between(first, last):
         context.add_asset_metadata(
             {
@@ -150,23 +151,6 @@ def user_daily_activity(
             "run_events": dg.MetadataValue.int(n_events),
         }
     )
-
-
-def _write_events_lake(
-    root: str, events: pl.DataFrame, first: dt.date, last: dt.date
-) -> dict[dt.date, int]:
-    """One Parquet file of raw events per day (a filter per day: no full copy at once)."""
-    written: dict[dt.date, int] = {}
-    for day in days_between(first, last):
-        start = dt.datetime.combine(day, dt.time(), dt.UTC)
-        frame = events.filter(
-            pl.col("action_timestamp").is_between(
-                start, start + dt.timedelta(days=1), closed="left"
-            )
-        )
-        write_partition(root, DATASETS["user_actions"], day, frame)
-        written[day] = frame.height
-    return written
 
 
 # --------------------------------------------------------------------------------------
@@ -399,7 +383,11 @@ def build_scores(
         )
         day_prior = pl.concat([prior.lazy(), earlier]).cast(dict(LAST_EVENT_SCHEMA))
         frames.append(compute_rfm_scores(lazy_activity, day_prior, day, rules))
-    scores = pl.concat(pl.collect_all(frames)) if frames else pl.DataFrame(schema=SCORES_SCHEMA)
+    scores = (
+        pl.concat(pl.collect_all(frames, engine="streaming"))
+        if frames
+        else pl.DataFrame(schema=SCORES_SCHEMA)
+    )
     return scores, carried
 
 

@@ -101,7 +101,9 @@ def materialize(
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
         }
-    return dg.materialize(
+    # the result reads its events through a weak reference to the instance: keep it alive
+    instance = instance or dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
         ALL_ASSETS,
         resources=resources(database_url, lake_dir),
         instance=instance,
@@ -111,6 +113,8 @@ def materialize(
         run_config=run_config,
         **kwargs,
     )
+    result._rfm_test_instance = instance  # type: ignore[attr-defined]
+    return result
 
 
 def query(database_url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

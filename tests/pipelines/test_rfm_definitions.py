@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.defs import rfm
 
+_INSTANCE = dg.DagsterInstance.ephemeral()
 RFM_ASSETS = {"user_daily_activity", "rfm_scores", "user_segments", "site_visits_lake"}
 
 
@@ -42,9 +43,10 @@ def test_schedule_builds_the_previous_utc_day_at_two() -> None:
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone in (None, "UTC")
     at_two = dt.datetime(2026, 3, 11, 2, 0, tzinfo=dt.UTC)
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at_two)
-        result = schedule.evaluate_tick(context)
+    # Dagster keeps a process-wide weak reference to the instance a schedule was evaluated
+    # with; an instance that outlives the test keeps later in-process runs working
+    context = dg.build_schedule_context(instance=_INSTANCE, scheduled_execution_time=at_two)
+    result = schedule.evaluate_tick(context)
     [request] = result.run_requests
     assert request.partition_key == "2026-03-10"
 
