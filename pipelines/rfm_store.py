@@ -206,15 +206,22 @@ class RfmStore:
     def read_daily_activity(
         self, first: dt.date, last: dt.date, *, with_last_event_at: bool = True
     ) -> pl.DataFrame:
+        """Stored daily rows of ``[first, last]``; long ranges are read in two concurrent halves."""
         schema = DAILY_ACTIVITY_SCHEMA
         if not with_last_event_at:
             schema = pl.Schema({k: v for k, v in schema.items() if k != "last_event_at"})
-        columns = ", ".join(schema)
-        frame = self.read_arrow(
-            f"SELECT {columns} FROM user_daily_activity WHERE activity_date BETWEEN $1 AND $2",
-            (first, last),
+        sql = (
+            f"SELECT {', '.join(schema)} FROM user_daily_activity "
+            "WHERE activity_date BETWEEN $1 AND $2"
         )
-        return _conform(frame, schema)
+        days = (last - first).days + 1
+        if days < 8:
+            return _conform(self.read_arrow(sql, (first, last)), schema)
+        middle = first + dt.timedelta(days=days // 2)
+        spans = [(first, middle - dt.timedelta(days=1)), (middle, last)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            halves = list(pool.map(lambda span: self.read_arrow(sql, span), spans))
+        return pl.concat([_conform(half, schema) for half in halves])
 
     def read_snapshot_last_events(self, snapshot_date: dt.date) -> pl.DataFrame:
         """Each user's latest event date as of a stored snapshot (covers events < D+1)."""
