@@ -72,7 +72,8 @@ def _kafka() -> KafkaBroker:
     return KafkaBroker(LOCAL / "kafka", Ports.from_env().kafka)
 
 
-def _read_stack_env() -> dict[str, str]:
+def read_stack_env() -> dict[str, str]:
+    """The `export` lines of `.local/stack.env` (or `$CC_STATE_DIR/stack.env`) as a dict."""
     values: dict[str, str] = {}
     if STACK_ENV.exists():
         for line in STACK_ENV.read_text().splitlines():
@@ -170,7 +171,7 @@ def up(*, with_apps: bool = True) -> dict[str, str]:
     """Start the local stack; returns the environment it wrote to stack.env."""
     ports = Ports.from_env()
     LOCAL.mkdir(parents=True, exist_ok=True)
-    previous = _read_stack_env()
+    previous = read_stack_env()
     print(f"Starting the local stack (state under {LOCAL}):", flush=True)
 
     try:
@@ -358,7 +359,7 @@ def down() -> None:
 
 
 def migrate_cmd() -> None:
-    url = os.environ.get("DATABASE_URL") or _read_stack_env().get("DATABASE_URL")
+    url = os.environ.get("DATABASE_URL") or read_stack_env().get("DATABASE_URL")
     if not url:
         raise SystemExit("DATABASE_URL is not set (run `make up` or export it)")
     servers.migrate(url)

@@ -18,30 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def stack_env() -> dict[str, str]:
-    path = Path(os.environ.get("CC_STATE_DIR") or ROOT / ".local") / "stack.env"
-    values: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, _, raw = line[len("export ") :].partition("=")
-                parts = shlex.split(raw)
-                values[key] = parts[0] if parts else ""
-    return values
+from devstack.cli import read_stack_env
 
 
 def setting(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or stack_env().get(name) or default
+    return os.environ.get(name) or read_stack_env().get(name) or default
 
 
 def render(record: object) -> str:

@@ -17,24 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-from pathlib import Path
 
+from devstack.cli import read_stack_env
 from serving.auth import MIN_SECRET_LEN, SERVICE_ROLE, mint_token
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def secret_from_stack_env() -> str | None:
-    path = Path(os.environ.get("CC_STATE_DIR") or ROOT / ".local") / "stack.env"
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("export JWT_SECRET="):
-            parts = shlex.split(line[len("export JWT_SECRET=") :])
-            return parts[0] if parts else None
-    return None
+    return read_stack_env().get("JWT_SECRET") or None
 
 
 def main(argv: list[str] | None = None) -> int:
