@@ -51,47 +51,37 @@ def test_recency_boundaries_medium(recency: int, expected: str) -> None:
     assert groups([(recency, 10, 500)]) == [expected]
 
 
+def _assert_groups_by_polars_testing(
+    frequency: list[int], monetary: list[float], expected: list[str]
+) -> None:
+    """Run the rule expression over rows with r = 0 and compare whole frames."""
+    frame = pl.DataFrame(
+        {"recency_days": [0] * len(frequency), "frequency": frequency, "monetary": monetary},
+        schema={"recency_days": pl.Int32, "frequency": pl.Int32, "monetary": pl.Float64},
+    )
+    result = frame.with_columns(DEFAULT_RULES.group_expr())
+    assert_frame_equal(result, frame.with_columns(pl.Series("rfm_group", expected)))
+
+
 def test_frequency_boundaries_with_polars_testing() -> None:
     # r = 0, m = 10000: f 29 -> High (f >= 15), 30 -> Whale.
     # r = 0, m = 2000: f 14 -> Low (High needs 15, Medium caps m at 1999), 15 -> High.
     # r = 0, m = 100: f 4 -> Low, 5 -> Medium, 14 -> Medium, 15 -> Low.
-    frame = pl.DataFrame(
-        {
-            "recency_days": [0] * 8,
-            "frequency": [29, 30, 14, 15, 4, 5, 14, 15],
-            "monetary": [10_000.0, 10_000.0, 2_000.0, 2_000.0, 100.0, 100.0, 100.0, 100.0],
-        },
-        schema={"recency_days": pl.Int32, "frequency": pl.Int32, "monetary": pl.Float64},
+    _assert_groups_by_polars_testing(
+        [29, 30, 14, 15, 4, 5, 14, 15],
+        [10_000.0, 10_000.0, 2_000.0, 2_000.0, 100.0, 100.0, 100.0, 100.0],
+        ["High Engaged", "Whale", "Low", "High Engaged", "Low", "Medium", "Medium", "Low"],
     )
-    result = frame.with_columns(DEFAULT_RULES.group_expr())
-    expected = frame.with_columns(
-        pl.Series(
-            "rfm_group",
-            ["High Engaged", "Whale", "Low", "High Engaged", "Low", "Medium", "Medium", "Low"],
-        )
-    )
-    assert_frame_equal(result, expected)
 
 
 def test_monetary_boundaries_with_polars_testing() -> None:
     # f = 30, r = 0: m 9999 -> High, 10000 -> Whale; f = 15: m 1999 -> Low, 2000 -> High;
     # f = 10: m 99 -> Low, 100 -> Medium, 1999 -> Medium, 2000 -> Low.
-    frame = pl.DataFrame(
-        {
-            "recency_days": [0] * 8,
-            "frequency": [30, 30, 15, 15, 10, 10, 10, 10],
-            "monetary": [9_999.0, 10_000.0, 1_999.0, 2_000.0, 99.0, 100.0, 1_999.0, 2_000.0],
-        },
-        schema={"recency_days": pl.Int32, "frequency": pl.Int32, "monetary": pl.Float64},
+    _assert_groups_by_polars_testing(
+        [30, 30, 15, 15, 10, 10, 10, 10],
+        [9_999.0, 10_000.0, 1_999.0, 2_000.0, 99.0, 100.0, 1_999.0, 2_000.0],
+        ["High Engaged", "Whale", "Low", "High Engaged", "Low", "Medium", "Medium", "Low"],
     )
-    result = frame.with_columns(DEFAULT_RULES.group_expr())
-    expected = frame.with_columns(
-        pl.Series(
-            "rfm_group",
-            ["High Engaged", "Whale", "Low", "High Engaged", "Low", "Medium", "Medium", "Low"],
-        )
-    )
-    assert_frame_equal(result, expected)
 
 
 def test_first_matching_rule_wins() -> None:
