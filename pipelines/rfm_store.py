@@ -1,10 +1,12 @@
 """Postgres I/O of the RFM chain: Arrow-native bulk reads (ADBC), COPY writes, publishing.
 
 Reads go through ``adbc_driver_postgresql`` straight into Arrow and Polars (no Python
-row objects). Writes use ``COPY ... FROM STDIN (FORMAT csv)`` fed by Polars, inside one
-transaction per call that first deletes the window it replaces, then records the build
-in ``rfm_partition_builds`` (same transaction), so a reader or the late-data sensor sees
-either the old partition or the new one.
+row objects). ``user_daily_activity`` and ``rfm_scores`` are partitioned by day (migration
+0004): a build loads each day into a fresh table with ADBC's bulk ingest (binary COPY, no
+index to maintain), indexes it once, and swaps it in for the day's partition; all days of
+a call and the build records in ``rfm_partition_builds`` commit in one transaction, so a
+reader or the late-data sensor sees either the old partitions or the new ones.
+Publishing swaps in a freshly built ``user_segments`` (:mod:`pipelines.db.swap`).
 
 **Source watermark.** Before a build reads ``user_actions`` it takes a watermark ``W``
 (:func:`source_watermark`): every event with ``ingested_at < W`` is committed and
@@ -18,9 +20,10 @@ one that long, and a forgotten idle session must not make every build look stale
 from __future__ import annotations
 
 import datetime as dt
-import io
 import itertools
+import json
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,8 +34,10 @@ import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import psycopg
 import pyarrow as pa
-from psycopg.types.json import Jsonb
+from psycopg import sql
 
+from pipelines.db import SEGMENTS_CHANNEL
+from pipelines.db.swap import TableSwap
 from pipelines.domain.rfm import DAILY_ACTIVITY_SCHEMA, LAST_EVENT_SCHEMA, SCORES_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,10 @@ UTC = dt.UTC
 MAX_OPEN_TRANSACTION = dt.timedelta(minutes=10)
 DAILY_ACTIVITY_ASSET = "user_daily_activity"
 RFM_SCORES_ASSET = "rfm_scores"
+#: Day-partitioned tables (migration 0004) and their partition column.
+DAY_PARTITIONED = {"user_daily_activity": "activity_date", "rfm_scores": "snapshot_date"}
+#: Columns of ``user_segments`` a publish writes from the snapshot; the others are kept.
+SNAPSHOT_COLUMNS = ("rfm_group", "recency_days", "frequency", "monetary", "snapshot_date")
 
 # ``spent_tokens`` is only extracted where it counts (SPEND events, numeric value); the
 # metadata column travels as raw jsonb (Arrow extension of a string), cheaper than ::text.
@@ -87,6 +96,16 @@ def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+def partition_name(table: str, day: dt.date) -> str:
+    """The partition of ``day`` in a day-partitioned table (as migration 0004 names them)."""
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def new_build_ids(first: dt.date, last: dt.date) -> dict[dt.date, str]:
+    """A fresh build id per day: recorded with the build and written into its lake file."""
+    return {day: str(uuid.uuid4()) for day in days_between(first, last)}
+
+
 @dataclass(frozen=True)
 class PartitionBuild:
     """One row of ``rfm_partition_builds``."""
@@ -97,6 +116,7 @@ class PartitionBuild:
     row_count: int
     built_at: dt.datetime
     prior_snapshot: dt.date | None = None
+    build_id: str | None = None
 
 
 class RfmStore:
@@ -242,26 +262,22 @@ class RfmStore:
         *,
         watermark: dt.datetime,
         run_id: str | None = None,
+        build_ids: dict[dt.date, str] | None = None,
     ) -> dict[dt.date, int]:
         """Replace days ``[first, last]`` of ``user_daily_activity`` in one transaction.
 
         ``activity`` is one frame or an iterable of frames (e.g. one per day, produced while
-        this transaction is open: each is COPYed as it arrives, the commit comes last).
+        this transaction is open: each is loaded as it arrives, the commit comes last).
         """
         frames = [activity] if isinstance(activity, pl.DataFrame) else activity
-        counts = {day: 0 for day in days_between(first, last)}
-        with self.connect() as conn:
-            conn.execute(
-                "DELETE FROM user_daily_activity WHERE activity_date BETWEEN %s AND %s",
-                (first, last),
-            )
-            for frame in frames:
-                frame = frame.filter(pl.col("activity_date").is_between(first, last))
-                for day, count in frame.group_by("activity_date").len().iter_rows():
-                    counts[day] += int(count)
-                _copy(conn, "user_daily_activity", frame.select(list(DAILY_ACTIVITY_SCHEMA)))
-            _record_builds(conn, DAILY_ACTIVITY_ASSET, counts, watermark, run_id)
-        return counts
+        return self._replace_days(
+            "user_daily_activity",
+            DAILY_ACTIVITY_SCHEMA,
+            first,
+            last,
+            frames,
+            build=_BuildRecord(DAILY_ACTIVITY_ASSET, watermark, run_id, build_ids),
+        )
 
     # -- scores ------------------------------------------------------------------------
     def replace_scores(
@@ -273,21 +289,82 @@ class RfmStore:
         watermark: dt.datetime,
         run_id: str | None = None,
         prior_snapshot: dt.date | None = None,
+        build_ids: dict[dt.date, str] | None = None,
     ) -> dict[dt.date, int]:
         """Replace snapshots ``[first, last]`` of ``rfm_scores`` in one transaction."""
         scores = scores.filter(pl.col("snapshot_date").is_between(first, last))
-        counts = _counts_by_day(scores, "snapshot_date", first, last)
-        groups: dict[dt.date, dict[str, int]] = {day: {} for day in counts}
+        groups: dict[dt.date, dict[str, int]] = {day: {} for day in days_between(first, last)}
         for day, group, users in scores.group_by("snapshot_date", "rfm_group").len().iter_rows():
             groups[day][group] = int(users)
-        with self.connect() as conn:
-            conn.execute(
-                "DELETE FROM rfm_scores WHERE snapshot_date BETWEEN %s AND %s", (first, last)
+        return self._replace_days(
+            "rfm_scores",
+            SCORES_SCHEMA,
+            first,
+            last,
+            [scores],
+            build=_BuildRecord(
+                RFM_SCORES_ASSET, watermark, run_id, build_ids, prior_snapshot, groups
+            ),
+        )
+
+    def _replace_days(
+        self,
+        table: str,
+        schema: pl.Schema,
+        first: dt.date,
+        last: dt.date,
+        frames: Iterable[pl.DataFrame],
+        *,
+        build: _BuildRecord,
+    ) -> dict[dt.date, int]:
+        """Swap in new partitions for days ``[first, last]`` of ``table``, in one transaction.
+
+        Each day is loaded into a fresh table (ADBC bulk ingest = binary COPY; a CHECK on
+        the day makes the attach skip its validation scan), indexed once, then - briefly,
+        at the end - the old partition is dropped, the new one attached, and the builds
+        recorded. Rows of those days in the default partition (written outside the
+        pipeline) are deleted: rebuilding a day replaces all of its rows.
+        """
+        column = DAY_PARTITIONED[table]
+        key = f"{column}, user_id"
+        counts = {day: 0 for day in days_between(first, last)}
+        token = uuid.uuid4().hex[:8]
+        staged: dict[dt.date, str] = {}
+        with adbc.connect(self.dsn) as conn, conn.cursor() as cur:
+
+            def stage(day: dt.date) -> str:
+                if day not in staged:
+                    staged[day] = name = f"{partition_name(table, day)}_{token}"
+                    cur.execute(
+                        f'CREATE TABLE "{name}" (LIKE {table} INCLUDING DEFAULTS, '
+                        f"CHECK ({column} = DATE '{day.isoformat()}'))"
+                    )
+                return staged[day]
+
+            for frame in frames:
+                frame = frame.filter(pl.col(column).is_between(first, last)).select(list(schema))
+                for (day,), part in frame.partition_by(column, as_dict=True).items():
+                    assert isinstance(day, dt.date)
+                    arrow = part.to_arrow(compat_level=pl.CompatLevel.oldest())
+                    cur.adbc_ingest(stage(day), arrow, mode="append")
+                    counts[day] += part.height
+            for day in counts:
+                cur.execute(f'ALTER TABLE "{stage(day)}" ADD PRIMARY KEY ({key})')
+            # the swap: short; concurrent replacements of the same table queue here
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                parameters=(f"cc.rfm.replace.{table}",),
             )
-            _copy(conn, "rfm_scores", scores.select(list(SCORES_SCHEMA)))
-            _record_builds(
-                conn, RFM_SCORES_ASSET, counts, watermark, run_id, prior_snapshot, groups
-            )
+            for day, name in sorted(staged.items()):
+                final, literal = partition_name(table, day), f"DATE '{day.isoformat()}'"
+                cur.execute(f'DROP TABLE IF EXISTS "{final}"')
+                cur.execute(f"DELETE FROM {table}_default WHERE {column} = {literal}")
+                cur.execute(f'ALTER TABLE "{name}" RENAME TO "{final}"')
+                cur.execute(
+                    f'ALTER TABLE {table} ATTACH PARTITION "{final}" FOR VALUES IN ({literal})'
+                )
+            cur.execute(_RECORD_BUILDS_SQL, parameters=(build.rows_json(counts),))
+            conn.commit()
         return counts
 
     def read_scores(self, snapshot_date: dt.date) -> pl.DataFrame:
@@ -329,24 +406,29 @@ class RfmStore:
 
     # -- publishing --------------------------------------------------------------------
     def publish(self, snapshot_date: dt.date) -> dict[str, Any]:
-        """Upsert snapshot ``snapshot_date`` into ``user_segments`` if it is the newest.
+        """Publish snapshot ``snapshot_date`` to ``user_segments`` if it is the newest.
 
-        One transaction, one upsert: rows of users already present are updated
-        (``risk_profile`` untouched), new users inserted. The snapshot's ``rfm_scores``
-        rows are the staging data. Skipped (nothing written) when a newer snapshot exists
-        in ``rfm_scores`` or is already published. Publishers serialize on a lock.
+        One transaction: the next ``user_segments`` is built from the snapshot's
+        ``rfm_scores`` rows joined with the current table (``risk_profile`` and any other
+        column the pipeline does not own are carried over; users absent from the snapshot
+        keep their rows as they are), indexed, and swapped in for the old table
+        (:class:`~pipelines.db.swap.TableSwap`). Writers of ``user_segments`` wait for the
+        publish; readers see the old table or the new one. The API hears one NOTIFY.
+        Skipped (nothing written) when a newer snapshot is built or already published.
+        Publishers serialize on a lock.
         """
         with self.connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('cc.rfm.publish'))")
-            newest_scores, published = conn.execute(
-                "SELECT (SELECT max(snapshot_date) FROM rfm_scores), "
-                "(SELECT max(snapshot_date) FROM user_segments)"
+            newest_built, published = conn.execute(
+                "SELECT (SELECT max(partition_date) FROM rfm_partition_builds WHERE asset = %s), "
+                "(SELECT max(snapshot_date) FROM user_segments)",
+                (RFM_SCORES_ASSET,),
             ).fetchone() or (None, None)
-            if newest_scores is None or snapshot_date < newest_scores:
+            if newest_built is None or snapshot_date < newest_built:
                 return {
                     "published": False,
-                    "reason": f"a newer snapshot exists in rfm_scores ({newest_scores})",
-                    "newest_snapshot": str(newest_scores),
+                    "reason": f"a newer snapshot is built in rfm_scores ({newest_built})",
+                    "newest_snapshot": str(newest_built),
                 }
             if published is not None and snapshot_date < published:
                 return {
@@ -354,36 +436,23 @@ class RfmStore:
                     "reason": f"user_segments already holds the newer snapshot {published}",
                     "newest_snapshot": str(published),
                 }
-            # One statement: no anti-join against the table being written (with stale
-            # statistics the planner may pick a nested loop whose inner scan grows with
-            # every inserted row). Unchanged rows (a republish) are not rewritten.
-            cur = conn.execute(
-                """
-                INSERT INTO user_segments AS u
-                    (user_id, rfm_group, recency_days, frequency, monetary, snapshot_date,
-                     last_updated)
-                SELECT s.user_id, s.rfm_group, s.recency_days, s.frequency, s.monetary,
-                       s.snapshot_date, now()
-                FROM rfm_scores AS s
-                WHERE s.snapshot_date = %s
-                ON CONFLICT (user_id) DO UPDATE SET
-                    rfm_group = EXCLUDED.rfm_group, recency_days = EXCLUDED.recency_days,
-                    frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary,
-                    snapshot_date = EXCLUDED.snapshot_date, last_updated = EXCLUDED.last_updated
-                WHERE (u.rfm_group, u.recency_days, u.frequency, u.monetary, u.snapshot_date)
-                    IS DISTINCT FROM (EXCLUDED.rfm_group, EXCLUDED.recency_days,
-                        EXCLUDED.frequency, EXCLUDED.monetary, EXCLUDED.snapshot_date)
-                """,
-                (snapshot_date,),
-            )
-            upserted = cur.rowcount
-            total = conn.execute(
-                "SELECT count(*) FROM rfm_scores WHERE snapshot_date = %s", (snapshot_date,)
+            rows = conn.execute(
+                "SELECT row_count FROM rfm_partition_builds "
+                "WHERE asset = %s AND partition_date = %s",
+                (RFM_SCORES_ASSET, snapshot_date),
             ).fetchone()
+            conn.execute("SELECT set_config('work_mem', '256MB', true)")
+            swap = TableSwap(conn, "user_segments")
+            total = conn.execute(
+                _publish_fill_sql(swap.next_table, swap.columns), (snapshot_date,)
+            ).rowcount
+            swap.commit_swap(notify=(SEGMENTS_CHANNEL, "*"))
+        snapshot_rows = int(rows[0]) if rows else 0
         return {
             "published": True,
-            "rows": int(total[0]) if total else 0,
-            "written": upserted,
+            "rows": snapshot_rows,
+            "written": total,
+            "kept": total - snapshot_rows,
             "newest_snapshot": str(snapshot_date),
         }
 
@@ -392,21 +461,25 @@ class RfmStore:
         with self.connect(autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT asset, partition_date, source_watermark, row_count, built_at, "
-                "prior_snapshot FROM rfm_partition_builds WHERE %s::text IS NULL OR asset = %s "
+                "prior_snapshot, build_id::text FROM rfm_partition_builds "
+                "WHERE %s::text IS NULL OR asset = %s "
                 "ORDER BY asset, partition_date",
                 (asset, asset),
             ).fetchall()
         return [PartitionBuild(*row) for row in rows]
 
-    def built_days(self, asset: str, first: dt.date, last: dt.date) -> dict[dt.date, dt.datetime]:
-        """Built partitions of ``asset`` in ``[first, last]`` and their source watermarks."""
+    def built_days(self, asset: str, first: dt.date, last: dt.date) -> dict[dt.date, str | None]:
+        """Built partitions of ``asset`` in ``[first, last]`` and their build ids.
+
+        The id is None for builds recorded before migration 0004.
+        """
         with self.connect(autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT partition_date, source_watermark FROM rfm_partition_builds "
+                "SELECT partition_date, build_id::text FROM rfm_partition_builds "
                 "WHERE asset = %s AND partition_date BETWEEN %s AND %s",
                 (asset, first, last),
             ).fetchall()
-        return {day: mark for day, mark in rows}
+        return {day: build_id for day, build_id in rows}
 
     def late_evidence(self, since: dt.datetime) -> dict[dt.date, dt.datetime]:
         """Per event day: latest ``ingested_at`` among events ingested at or after ``since``."""
@@ -437,56 +510,87 @@ def _counts_by_day(
     return counts
 
 
-def _copy(conn: psycopg.Connection[Any], table: str, frame: pl.DataFrame) -> None:
-    """COPY a frame into ``table`` (column names = frame columns), CSV in chunks."""
-    columns = ", ".join(f'"{name}"' for name in frame.columns)
-    statement = f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)"
-    with conn.cursor().copy(statement) as copy:  # type: ignore[arg-type]
-        for chunk in _chunks(frame, 500_000):
-            buffer = io.BytesIO()
-            chunk.write_csv(buffer, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.f%z")
-            copy.write(buffer.getbuffer())
+def _publish_fill_sql(next_table: str, columns: Sequence[str]) -> sql.Composed:
+    """Fill the next ``user_segments``: snapshot rows FULL JOIN the current table.
+
+    Snapshot users get the snapshot's measures and group (and ``last_updated = now()``);
+    every other column (``risk_profile``, ...) comes from their current row. Users absent
+    from the snapshot keep their current row unchanged.
+    """
+    values: list[sql.Composable] = []
+    for name in columns:
+        s_col, o_col = sql.Identifier("s", name), sql.Identifier("o", name)
+        if name == "user_id":
+            values.append(sql.SQL("coalesce({}, {})").format(s_col, o_col))
+        elif name in SNAPSHOT_COLUMNS:
+            values.append(
+                sql.SQL("CASE WHEN s.user_id IS NULL THEN {} ELSE {} END").format(o_col, s_col)
+            )
+        elif name == "last_updated":
+            values.append(
+                sql.SQL("CASE WHEN s.user_id IS NULL THEN {} ELSE now() END").format(o_col)
+            )
+        else:
+            values.append(o_col)
+    return sql.SQL(
+        "INSERT INTO {} ({}) SELECT {} "
+        "FROM (SELECT * FROM rfm_scores WHERE snapshot_date = %s) AS s "
+        "FULL JOIN user_segments AS o ON o.user_id = s.user_id"
+    ).format(
+        sql.Identifier(next_table),
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(", ").join(values),
+    )
 
 
-def _chunks(frame: pl.DataFrame, size: int) -> Iterable[pl.DataFrame]:
-    for offset in range(0, frame.height, size):
-        yield frame.slice(offset, size)
+@dataclass(frozen=True)
+class _BuildRecord:
+    """What a build writes into ``rfm_partition_builds`` besides the row counts."""
 
+    asset: str
+    watermark: dt.datetime
+    run_id: str | None
+    build_ids: dict[dt.date, str] | None = None
+    prior_snapshot: dt.date | None = None
+    group_counts: dict[dt.date, dict[str, int]] | None = None
 
-def _record_builds(
-    conn: psycopg.Connection[Any],
-    asset: str,
-    counts: dict[dt.date, int],
-    watermark: dt.datetime,
-    run_id: str | None,
-    prior_snapshot: dt.date | None = None,
-    group_counts: dict[dt.date, dict[str, int]] | None = None,
-) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(
-            """
-            INSERT INTO rfm_partition_builds
-                (asset, partition_date, source_watermark, row_count, built_at, run_id,
-                 prior_snapshot, group_counts)
-            VALUES (%s, %s, %s, %s, now(), %s, %s, %s)
-            ON CONFLICT (asset, partition_date) DO UPDATE SET
-                source_watermark = EXCLUDED.source_watermark, row_count = EXCLUDED.row_count,
-                built_at = EXCLUDED.built_at, run_id = EXCLUDED.run_id,
-                prior_snapshot = EXCLUDED.prior_snapshot, group_counts = EXCLUDED.group_counts
-            """,
+    def rows_json(self, counts: dict[dt.date, int]) -> str:
+        return json.dumps(
             [
-                (
-                    asset,
-                    day,
-                    watermark,
-                    count,
-                    run_id,
-                    prior_snapshot,
-                    Jsonb(group_counts[day]) if group_counts is not None else None,
-                )
+                {
+                    "asset": self.asset,
+                    "partition_date": day.isoformat(),
+                    "source_watermark": self.watermark.isoformat(),
+                    "row_count": count,
+                    "run_id": self.run_id,
+                    "prior_snapshot": self.prior_snapshot.isoformat()
+                    if self.prior_snapshot
+                    else None,
+                    "group_counts": self.group_counts.get(day, {})
+                    if self.group_counts is not None
+                    else None,
+                    "build_id": (self.build_ids or {}).get(day) or str(uuid.uuid4()),
+                }
                 for day, count in sorted(counts.items())
-            ],
+            ]
         )
+
+
+_RECORD_BUILDS_SQL = """
+INSERT INTO rfm_partition_builds
+    (asset, partition_date, source_watermark, row_count, built_at, run_id, prior_snapshot,
+     group_counts, build_id)
+SELECT r.asset, r.partition_date, r.source_watermark, r.row_count, now(), r.run_id,
+       r.prior_snapshot, r.group_counts, r.build_id
+FROM jsonb_to_recordset($1::text::jsonb) AS r(
+    asset text, partition_date date, source_watermark timestamptz, row_count bigint,
+    run_id text, prior_snapshot date, group_counts jsonb, build_id uuid)
+ON CONFLICT (asset, partition_date) DO UPDATE SET
+    source_watermark = EXCLUDED.source_watermark, row_count = EXCLUDED.row_count,
+    built_at = EXCLUDED.built_at, run_id = EXCLUDED.run_id,
+    prior_snapshot = EXCLUDED.prior_snapshot, group_counts = EXCLUDED.group_counts,
+    build_id = EXCLUDED.build_id
+"""
 
 
 def _plain(table: pa.Table) -> pa.Table:

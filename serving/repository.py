@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
 
 import psycopg
 from psycopg.rows import tuple_row
 
-SEGMENTS_CHANNEL: Final = "user_segments_changed"
+from pipelines.db import SEGMENTS_CHANNEL as SEGMENTS_CHANNEL  # re-exported
+
 
 SegmentRow = tuple[int, str | None, str | None]
 

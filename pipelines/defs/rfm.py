@@ -24,6 +24,7 @@ import polars as pl
 
 from pipelines.defs.resources import LakeResource, PostgresResource
 from pipelines.domain.rfm import (
+    DAILY_ACTIVITY_SCHEMA,
     DEFAULT_RULES,
     EVENTS_SCHEMA,
     LAST_EVENT_SCHEMA,
@@ -39,13 +40,14 @@ from pipelines.domain.rfm import (
 from pipelines.domain.rfm import (
     rfm_scores as compute_rfm_scores,
 )
-from pipelines.lake import DATASETS, write_partition
+from pipelines.lake import DATASETS, read_partition, write_partition
 from pipelines.rfm_staleness import Build, find_stale
 from pipelines.rfm_store import (
     DAILY_ACTIVITY_ASSET,
     RFM_SCORES_ASSET,
     RfmStore,
     days_between,
+    new_build_ids,
 )
 from pipelines.settings import Settings
 
@@ -105,9 +107,10 @@ def _by_day(frame: pl.DataFrame, column: str) -> dict[dt.date, pl.DataFrame]:
     kinds={"polars", "postgres", "parquet"},
     description=(
         "Per user and UTC day: events, spent tokens (SPEND_CYBER_TOKENS) and the last event "
-        "time, from user_actions (ADBC -> Arrow -> Polars), written back with COPY in one "
-        "transaction per run. Also writes the day's raw events to the lake "
-        "(user_actions/event_date=YYYY-MM-DD)."
+        "time, from user_actions (ADBC -> Arrow -> Polars), loaded back into fresh day "
+        "partitions (binary COPY) swapped in one transaction per run. Also writes the day's "
+        "raw events and aggregate to the lake (user_actions/event_date=YYYY-MM-DD, "
+        "user_daily_activity/activity_date=YYYY-MM-DD)."
     ),
 )
 def user_daily_activity(
@@ -116,21 +119,29 @@ def user_daily_activity(
     first, last = _range(context)
     store = _store(postgres)
     watermark = store.source_watermark()
+    build_ids = new_build_ids(first, last)
     lake_events: dict[dt.date, int] = {}
 
     def per_day() -> Iterator[pl.DataFrame]:
         # day by day: bounded memory; reads run ahead on worker threads while each day is
-        # aggregated, written to the lake and COPYed into the (still open) transaction
+        # aggregated, written to the lake and loaded into the (still open) transaction
         for day, events in store.iter_events_by_day(days_between(first, last)):
             activity = daily_activity(events.lazy().select(list(EVENTS_SCHEMA))).collect(
                 engine="streaming"
             )
             write_partition(lake.root, DATASETS["user_actions"], day, events)
+            write_partition(
+                lake.root,
+                DATASETS["user_daily_activity"],
+                day,
+                activity,
+                build_id=build_ids[day],
+            )
             lake_events[day] = events.height
             yield activity
 
     counts = store.replace_daily_activity(
-        first, last, per_day(), watermark=watermark, run_id=context.run_id
+        first, last, per_day(), watermark=watermark, run_id=context.run.run_id, build_ids=build_ids
     )
     n_events, n_rows = sum(lake_events.values()), sum(counts.values())
     for day in days_between(first, last):
@@ -235,8 +246,9 @@ def rfm_scores(
     rules = config.rules()
     store = _store(postgres)
     watermark = store.source_watermark()
+    build_ids = new_build_ids(first, last)
     scores, carried = build_scores(
-        store, first, last, rules, start_date=rfm_start_date(), log=context.log
+        store, first, last, rules, start_date=rfm_start_date(), lake_root=lake.root, log=context.log
     )
     totals = {"duplicate_users": 0, "unknown_groups": 0, "negative_measures": 0}
     per_day_violations: dict[str, dict[str, int]] = {}
@@ -249,8 +261,9 @@ def rfm_scores(
             last,
             scores,
             watermark=watermark,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             prior_snapshot=carried,
+            build_ids=build_ids,
         )
         previous_date, previous_counts = store.previous_group_counts(first)
         previous = (
@@ -259,7 +272,9 @@ def rfm_scores(
         by_day = _by_day(scores, "snapshot_date")
         for day in days_between(first, last):
             snapshot = by_day.get(day, scores.head(0))
-            write_partition(lake.root, DATASETS["rfm_scores"], day, snapshot)
+            write_partition(
+                lake.root, DATASETS["rfm_scores"], day, snapshot, build_id=build_ids[day]
+            )
             violations = snapshot_violations(snapshot, rules)
             per_day_violations[day.isoformat()] = violations
             for key, value in violations.items():
@@ -330,6 +345,7 @@ def build_scores(
     rules: RfmRules,
     *,
     start_date: dt.date,
+    lake_root: str | None = None,
     log: Any = None,
 ) -> tuple[pl.DataFrame, dt.date | None]:
     """Snapshots ``first..last`` from the stored daily aggregates; returns the prior used.
@@ -340,24 +356,79 @@ def build_scores(
     carried from it), else from one aggregate query over ``user_actions``. Window days whose
     aggregate is not built (or that precede the first partition) are aggregated on the fly
     from ``user_actions`` (not stored), so a snapshot is right even when its window has not
-    been backfilled. The two big reads run concurrently.
+    been backfilled.
+
+    Built days are read from the lake when the day's Parquet file carries the build id
+    Postgres recorded for it (the same rows, without a round trip through Postgres), else
+    from Postgres; the Postgres reads run concurrently.
     """
     window_first = rules.window_start(first)
     previous = first - dt.timedelta(days=1)
-    carried = (
-        previous
-        if previous >= start_date
-        and store.built_days(RFM_SCORES_ASSET, previous, previous).get(previous) is not None
+    previous_build = (
+        store.built_days(RFM_SCORES_ASSET, previous, previous) if previous >= start_date else {}
+    )
+    carried = previous if previous in previous_build else None
+    built = store.built_days(DAILY_ACTIVITY_ASSET, window_first, last)
+    activity_schema = pl.Schema(
+        {c: t for c, t in DAILY_ACTIVITY_SCHEMA.items() if c != "last_event_at"}
+    )
+    activity_columns = list(activity_schema)
+
+    def from_lake(
+        dataset: str, day: dt.date, build_id: str | None, columns: list[str]
+    ) -> pl.LazyFrame | None:
+        if lake_root is None or build_id is None:
+            return None
+        return read_partition(lake_root, DATASETS[dataset], day, build_id=build_id, columns=columns)
+
+    lake_days = {
+        day: frame
+        for day, build_id in built.items()
+        if (frame := from_lake("user_daily_activity", day, build_id, activity_columns)) is not None
+    }
+    lake_prior = (
+        from_lake("rfm_scores", previous, previous_build[previous], ["user_id", "recency_days"])
+        if carried
         else None
     )
+    postgres_days = sorted(set(built) - set(lake_days))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        prior_future = pool.submit(
-            store.read_snapshot_last_events if carried else store.read_last_event_before,
-            carried or window_first,
+        prior_future = (
+            pool.submit(
+                store.read_snapshot_last_events if carried else store.read_last_event_before,
+                carried or window_first,
+            )
+            if lake_prior is None
+            else None
         )
-        built = store.built_days(DAILY_ACTIVITY_ASSET, window_first, last)
-        activity = store.read_daily_activity(window_first, last, with_last_event_at=False)
-        prior = prior_future.result()
+        stored = [
+            store.read_daily_activity(a, b, with_last_event_at=False)
+            for a, b in _spans(postgres_days)
+        ]
+        activity = pl.concat(
+            [
+                *(frame.cast(activity_schema) for frame in lake_days.values()),
+                *(frame.lazy() for frame in stored),
+            ]
+            or [pl.LazyFrame(schema=activity_schema)]
+        ).collect()
+        if prior_future is not None:
+            prior = prior_future.result()
+        else:
+            assert lake_prior is not None and carried is not None
+            prior = lake_prior.select(
+                "user_id",
+                (pl.lit(carried) - pl.duration(days="recency_days"))
+                .cast(pl.Date)
+                .alias("last_event_date"),
+            ).collect()
+    if log is not None and lake_days:
+        log.info(
+            "read %s window day(s) from the lake, %s from Postgres; prior from %s",
+            len(lake_days),
+            len(postgres_days),
+            "the lake" if prior_future is None else "Postgres",
+        )
     missing = [day for day in days_between(window_first, last) if day not in built]
     if missing:
         if log is not None:

@@ -233,7 +233,12 @@ def test_lake_partitions_are_readable_by_duckdb(database_url: str, tmp_path: Pat
     con = duckdb.connect()
     from pipelines.lake import create_views
 
-    assert sorted(create_views(con, lake)) == ["rfm_scores", "site_visits", "user_actions"]
+    assert sorted(create_views(con, lake)) == [
+        "rfm_scores",
+        "site_visits",
+        "user_actions",
+        "user_daily_activity",
+    ]
     lake_events = con.execute(
         "SELECT count(*) FROM user_actions WHERE event_date BETWEEN ? AND ?", [D - DAY, D]
     ).fetchone()
@@ -249,6 +254,12 @@ def test_lake_partitions_are_readable_by_duckdb(database_url: str, tmp_path: Pat
     assert groups == [(uid, row[3]) for uid, row in sorted(EXPECTED.items())]
     visits = con.execute("SELECT visit_date, count(*) FROM site_visits GROUP BY 1").fetchall()
     assert visits == [(D, 2)]  # the visit on D+1 is not in the built range
+    # the daily aggregates in the lake are the rows Postgres holds
+    activity_sql = (
+        "SELECT activity_date, user_id, event_count, spent_tokens FROM user_daily_activity "
+        "ORDER BY 1, 2"
+    )
+    assert con.execute(activity_sql).fetchall() == query(database_url, activity_sql)
 
 
 def test_make_analyze_prints_the_distribution(
