@@ -441,7 +441,10 @@ class RfmStore:
                 "WHERE asset = %s AND partition_date = %s",
                 (RFM_SCORES_ASSET, snapshot_date),
             ).fetchone()
-            conn.execute("SELECT set_config('work_mem', '256MB', true)")
+            # Both sides are read in user_id order through their primary keys: a merge join
+            # streams them, where a hash join would first hash a million rows.
+            conn.execute("SELECT set_config('enable_hashjoin', 'off', true)")
+            conn.execute("SELECT set_config('work_mem', '64MB', true)")
             swap = TableSwap(conn, "user_segments")
             total = conn.execute(
                 _publish_fill_sql(swap.next_table, swap.columns), (snapshot_date,)

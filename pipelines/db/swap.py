@@ -155,7 +155,6 @@ class TableSwap:
                 + sql.SQL(grantee)
                 + sql.SQL(" WITH GRANT OPTION" if grantable else "")
             )
-        conn.execute(sql.SQL("ANALYZE {}").format(self._next))
 
         # the swap itself: readers wait only from here to the commit
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
