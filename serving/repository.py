@@ -11,7 +11,6 @@ from psycopg.rows import tuple_row
 
 from pipelines.db import SEGMENTS_CHANNEL as SEGMENTS_CHANNEL  # re-exported
 
-
 SegmentRow = tuple[int, str | None, str | None]
 
 

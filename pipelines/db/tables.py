@@ -98,6 +98,8 @@ site_visits = Table(
     Index("ix_site_visits_user_id", "user_id"),
 )
 
+# rfm_scores and user_daily_activity are PARTITION BY LIST on their date (one partition
+# per day plus a default one; migration 0004): SQLAlchemy Core describes the parent.
 rfm_scores = Table(
     "rfm_scores",
     metadata,

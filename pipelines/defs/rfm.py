@@ -528,10 +528,11 @@ def _snapshot_metadata(
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"postgres"},
     description=(
-        "Publishes the newest snapshot to user_segments in one transaction (one upsert "
-        "from the snapshot's rfm_scores rows; risk_profile untouched). A run whose last "
-        "partition is older than the newest snapshot (a backfill) publishes nothing. Skipped "
-        "when a blocking check of rfm_scores failed."
+        "Publishes the newest snapshot to user_segments in one transaction: the next table "
+        "is built from the snapshot's rfm_scores rows joined with the current one "
+        "(risk_profile and users outside the snapshot carried over) and swapped in. A run "
+        "whose last partition is older than the newest snapshot (a backfill) publishes "
+        "nothing. Skipped when a blocking check of rfm_scores failed."
     ),
 )
 def user_segments(
@@ -541,7 +542,10 @@ def user_segments(
     result = _store(postgres).publish(last)
     if result["published"]:
         context.log.info(
-            "published snapshot %s: %s rows, %s written", last, result["rows"], result["written"]
+            "published snapshot %s: %s snapshot rows, %s rows kept from before",
+            last,
+            result["rows"],
+            result["kept"],
         )
     else:
         context.log.info("snapshot %s not published: %s", last, result["reason"])
@@ -551,8 +555,9 @@ def user_segments(
         "run_range": dg.MetadataValue.text(f"{first}..{last}"),
     }
     if result["published"]:
-        metadata["dagster/row_count"] = dg.MetadataValue.int(result["rows"])
-        metadata["rows_written"] = dg.MetadataValue.int(result["written"])
+        metadata["dagster/row_count"] = dg.MetadataValue.int(result["written"])
+        metadata["snapshot_rows"] = dg.MetadataValue.int(result["rows"])
+        metadata["rows_kept_from_before"] = dg.MetadataValue.int(result["kept"])
     else:
         metadata["reason"] = dg.MetadataValue.text(result["reason"])
     return dg.MaterializeResult(metadata=metadata)
