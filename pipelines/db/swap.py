@@ -8,9 +8,9 @@ and readers see the old table or the new one, never a mix.
 :class:`TableSwap` carries over what the table is, not only its rows: column defaults,
 NOT NULL and CHECK constraints, storage parameters, primary key / unique / exclusion /
 foreign key constraints and other indexes (same names once swapped), triggers and
-grants. It does not carry row-level-security policies, publications, identity sequences
-or the owner; a view or foreign key that depends on the table makes the swap fail
-(nothing changes).
+grants. It does not carry row-level-security policies, publications, sequences owned by
+the table (serial / identity columns) or the owner; a view or foreign key that depends on
+the table makes the swap fail (nothing changes).
 
 Locking, for a caller inside one transaction::
 
@@ -52,7 +52,9 @@ class TableSwap:
         self._old = sql.Identifier(schema, table)
         self._next = sql.Identifier(schema, self.next_table)
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._old))
-        self.oid: int = self._one("SELECT %s::regclass::oid", (f"{schema}.{table}",))
+        self.oid: int = self._one(
+            "SELECT (quote_ident(%s) || '.' || quote_ident(%s))::regclass::oid", (schema, table)
+        )
         self.columns: list[str] = [
             row[0]
             for row in conn.execute(
@@ -157,6 +159,7 @@ class TableSwap:
             )
 
         # the swap itself: readers wait only from here to the commit
+        previous_timeout = self._one("SELECT current_setting('lock_timeout')", ())
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(self._old))
         conn.execute(sql.SQL("DROP TABLE {}").format(self._old))
@@ -175,12 +178,12 @@ class TableSwap:
                     sql.Identifier(self.schema, temporary), sql.Identifier(name)
                 )
             )
-        conn.execute("SELECT set_config('lock_timeout', '0', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous_timeout,))
         if notify is not None:
             conn.execute("SELECT pg_notify(%s, %s)", notify)
 
 
-_INDEX_NAME = re.compile(r"^(CREATE (?:UNIQUE )?INDEX )\S+ ")
+_INDEX_NAME = re.compile(r'^(CREATE (?:UNIQUE )?INDEX )(?:"(?:[^"]|"")+"|\S+) ')
 
 
 def _temporary_name(name: str) -> str:
