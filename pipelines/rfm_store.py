@@ -331,6 +331,13 @@ class RfmStore:
         token = uuid.uuid4().hex[:8]
         staged: dict[dt.date, str] = {}
         with adbc.connect(self.dsn) as conn, conn.cursor() as cur:
+            # replacements of the same table run one at a time (taken first: two of them
+            # holding the parent's share lock from LIKE and both waiting to drop would
+            # deadlock)
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                parameters=(f"cc.rfm.replace.{table}",),
+            )
 
             def stage(day: dt.date) -> str:
                 if day not in staged:
@@ -350,11 +357,7 @@ class RfmStore:
                     counts[day] += part.height
             for day in counts:
                 cur.execute(f'ALTER TABLE "{stage(day)}" ADD PRIMARY KEY ({key})')
-            # the swap: short; concurrent replacements of the same table queue here
-            cur.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                parameters=(f"cc.rfm.replace.{table}",),
-            )
+            # the swap: short (ACCESS EXCLUSIVE on the parent for the drop + attach)
             for day, name in sorted(staged.items()):
                 final, literal = partition_name(table, day), f"DATE '{day.isoformat()}'"
                 cur.execute(f'DROP TABLE IF EXISTS "{final}"')

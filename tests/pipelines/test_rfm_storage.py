@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from pipelines.db import SEGMENTS_CHANNEL
+from pipelines.domain.rfm import SCORES_SCHEMA
 from pipelines.lake import BUILD_ID_KEY, DATASETS, partition_path
 from pipelines.rfm_store import RfmStore, partition_name
 from pipelines.settings import libpq_url
@@ -215,3 +216,45 @@ def test_lake_copies_are_read_back_only_for_the_recorded_build(
         patch.setattr(RfmStore, "read_daily_activity", no_postgres)
         result = materialize(database_url, lake, D, selection=["rfm_scores"], raise_on_error=False)
         assert not result.success  # the tampered day really had to come from Postgres
+
+
+def test_concurrent_replacements_of_a_day_both_finish(database_url: str) -> None:
+    store = RfmStore(libpq_url(database_url))
+    watermark = dt.datetime(2026, 3, 11, tzinfo=dt.UTC)
+
+    def snapshot(group: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "snapshot_date": [D] * 3,
+                "user_id": [1, 2, 3],
+                "recency_days": [0, 1, 2],
+                "frequency": [5, 6, 7],
+                "monetary": [1.0, 2.0, 3.0],
+                "rfm_group": [group] * 3,
+            },
+            schema=SCORES_SCHEMA,
+        )
+
+    errors: list[BaseException] = []
+
+    def replace(group: str) -> None:
+        try:
+            for _ in range(5):
+                store.replace_scores(D - DAY, D, snapshot(group), watermark=watermark)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replace, args=(g,)) for g in ("Low", "Medium")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    rows = query(database_url, "SELECT DISTINCT rfm_group, count(*) OVER () FROM rfm_scores")
+    assert len(rows) == 1 and rows[0][0] in {"Low", "Medium"} and rows[0][1] == 3
+    assert partitions(database_url, "rfm_scores") == [
+        "rfm_scores_default",
+        partition_name("rfm_scores", D - DAY),
+        partition_name("rfm_scores", D),
+    ]
+    assert leftover_tables(database_url) == []
