@@ -1,4 +1,4 @@
-"""Postgres I/O of the RFM chain: Arrow-native bulk reads (ADBC), COPY writes, publishing.
+"""Postgres I/O of the RFM chain: Arrow-native bulk reads and writes (ADBC), publishing.
 
 Reads go through ``adbc_driver_postgresql`` straight into Arrow and Polars (no Python
 row objects). ``user_daily_activity`` and ``rfm_scores`` are partitioned by day (migration
@@ -505,15 +505,6 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     if frame.is_empty() and frame.width == 0:
         return pl.DataFrame(schema=schema)
     return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
-
-
-def _counts_by_day(
-    frame: pl.DataFrame, column: str, first: dt.date, last: dt.date
-) -> dict[dt.date, int]:
-    counts = {day: 0 for day in days_between(first, last)}
-    for day, count in frame.group_by(column).len().iter_rows():
-        counts[day] = int(count)
-    return counts
 
 
 def _publish_fill_sql(next_table: str, columns: Sequence[str]) -> sql.Composed:
