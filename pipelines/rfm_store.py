@@ -37,7 +37,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from pipelines.db import SEGMENTS_CHANNEL
-from pipelines.db.swap import TableSwap, create_next_sql
+from pipelines.db.swap import TableSwap
 from pipelines.domain.rfm import DAILY_ACTIVITY_SCHEMA, LAST_EVENT_SCHEMA, SCORES_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ RFM_SCORES_ASSET = "rfm_scores"
 DAY_PARTITIONED = {"user_daily_activity": "activity_date", "rfm_scores": "snapshot_date"}
 #: Columns of ``user_segments`` a publish writes from the snapshot; the others are kept.
 SNAPSHOT_COLUMNS = ("rfm_group", "recency_days", "frequency", "monetary", "snapshot_date")
-#: Name prefix of next ``user_segments`` tables prepared ahead of a publish.
-PREPARED_PREFIX = "user_segments_prepared_"
 
 # ``spent_tokens`` is only extracted where it counts (SPEND events, numeric value); the
 # metadata column travels as raw jsonb (Arrow extension of a string), cheaper than ::text.
@@ -410,106 +408,17 @@ class RfmStore:
         )
 
     # -- publishing --------------------------------------------------------------------
-    def prepare_publish(
-        self, snapshot_date: dt.date, scores: pl.DataFrame, scores_build_id: str
-    ) -> str | None:
-        """Prepare the next ``user_segments`` for snapshot ``snapshot_date`` ahead of its
-        publish; returns the prepared table, or None when the snapshot would not publish.
-
-        Runs beside the ``rfm_scores`` write (a second connection, a second core): from a
-        REPEATABLE READ snapshot of ``user_segments``, the snapshot's rows are merged with
-        the current ones exactly as :meth:`publish` would (see :func:`merge_segments`) and
-        loaded into a new table ``user_segments_prepared_YYYYMMDD_<token>`` (no indexes),
-        labelled with the snapshot, the ``rfm_scores`` build and the preparing snapshot.
-        :meth:`publish` swaps it in only if nothing has written ``user_segments`` since
-        (``user_segments_writes``, migration 0005) and the build is still the recorded one.
-        """
-        name = f"{PREPARED_PREFIX}{snapshot_date:%Y%m%d}_{uuid.uuid4().hex[:8]}"
-        with adbc.connect(self.dsn) as conn, conn.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur.execute(
-                "SELECT pg_current_snapshot()::text, clock_timestamp(), "
-                "(SELECT max(snapshot_date) FROM user_segments), "
-                "(SELECT max(partition_date) FROM rfm_partition_builds WHERE asset = $1), "
-                "(SELECT reloptions FROM pg_class WHERE oid = 'public.user_segments'::regclass)",
-                parameters=(RFM_SCORES_ASSET,),
-            )
-            row = cur.fetchone()
-            assert row is not None
-            snapshot, now, published, newest_built, options = row
-            if (published is not None and published > snapshot_date) or (
-                newest_built is not None and newest_built > snapshot_date
-            ):
-                return None
-            cur.execute("SELECT * FROM user_segments")
-            current = pl.from_arrow(_plain(cur.fetch_arrow_table()))
-            assert isinstance(current, pl.DataFrame)
-            merged = merge_segments(current, scores, snapshot_date, now)
-            cur.execute(create_next_sql("public.user_segments", f'public."{name}"', options))
-            cur.adbc_ingest(name, merged.to_arrow(compat_level=pl.CompatLevel.oldest()), "append")
-            label = json.dumps(
-                {
-                    "snapshot_date": snapshot_date.isoformat(),
-                    "scores_build_id": scores_build_id,
-                    "prepared_in": snapshot,
-                    "rows": merged.height,
-                }
-            ).replace("'", "''")
-            cur.execute(f"COMMENT ON TABLE \"{name}\" IS '{label}'")
-            conn.commit()
-        return name
-
-    def _take_prepared(
-        self, conn: psycopg.Connection[Any], snapshot_date: dt.date, scores_build_id: str | None
-    ) -> tuple[str, int] | None:
-        """The prepared next table to swap in for ``snapshot_date`` and its row count, if
-        one is still exact; every other prepared table is dropped. The caller holds the
-        table lock."""
-        chosen: tuple[str, int] | None = None
-        for name, comment in conn.execute(
-            "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class "
-            "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' "
-            "AND starts_with(relname, %s) ORDER BY relname",
-            (PREPARED_PREFIX,),
-        ).fetchall():
-            try:
-                label = json.loads(comment or "{}")
-            except ValueError:
-                label = {}
-            usable = (
-                chosen is None
-                and label.get("snapshot_date") == snapshot_date.isoformat()
-                and scores_build_id is not None
-                and label.get("scores_build_id") == scores_build_id
-            )
-            if usable:
-                (changed,) = conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM user_segments_writes "
-                    "WHERE NOT pg_visible_in_snapshot(xact_id, %s::pg_snapshot))",
-                    (label.get("prepared_in"),),
-                ).fetchone() or (True,)
-                usable = not changed
-            if usable:
-                chosen = (name, int(label.get("rows", 0)))
-            else:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-        return chosen
-
     def publish(self, snapshot_date: dt.date) -> dict[str, Any]:
         """Publish snapshot ``snapshot_date`` to ``user_segments`` if it is the newest.
 
-        One transaction: the next ``user_segments`` holds the snapshot's ``rfm_scores``
-        rows merged with the current table (``risk_profile`` and any other column the
-        pipeline does not own are carried over; users absent from the snapshot keep their
-        rows as they are); it is indexed and swapped in for the old table
+        One transaction: the next ``user_segments`` is built from the snapshot's
+        ``rfm_scores`` rows joined with the current table (``risk_profile`` and any other
+        column the pipeline does not own are carried over; users absent from the snapshot
+        keep their rows as they are), indexed, and swapped in for the old table
         (:class:`~pipelines.db.swap.TableSwap`). Writers of ``user_segments`` wait for the
         publish; readers see the old table or the new one. The API hears one NOTIFY.
-
-        The next table is the one :meth:`prepare_publish` made while ``rfm_scores`` was
-        written, when it is still exact (same ``rfm_scores`` build, no write to
-        ``user_segments`` since it was prepared); otherwise it is built here with one
-        ``INSERT ... SELECT`` (:func:`_publish_fill_sql`). Skipped (nothing written) when a
-        newer snapshot is built or already published. Publishers serialize on a lock.
+        Skipped (nothing written) when a newer snapshot is built or already published.
+        Publishers serialize on a lock.
         """
         with self.connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('cc.rfm.publish'))")
@@ -530,36 +439,26 @@ class RfmStore:
                     "reason": f"user_segments already holds the newer snapshot {published}",
                     "newest_snapshot": str(published),
                 }
-            rows, build_id = conn.execute(
-                "SELECT row_count, build_id::text FROM rfm_partition_builds "
+            rows = conn.execute(
+                "SELECT row_count FROM rfm_partition_builds "
                 "WHERE asset = %s AND partition_date = %s",
                 (RFM_SCORES_ASSET, snapshot_date),
-            ).fetchone() or (0, None)
-            # writers are done and wait from here to the commit; readers go on
-            conn.execute("LOCK TABLE user_segments IN SHARE ROW EXCLUSIVE MODE")
-            prepared = self._take_prepared(conn, snapshot_date, build_id)
-            if prepared is not None:
-                swap = TableSwap(conn, "user_segments", adopt=prepared[0])
-                total = prepared[1]
-            else:
-                # Both sides are read in user_id order through their primary keys: a merge
-                # join streams them, where a hash join would first hash a million rows.
-                conn.execute("SELECT set_config('enable_hashjoin', 'off', true)")
-                conn.execute("SELECT set_config('work_mem', '64MB', true)")
-                swap = TableSwap(conn, "user_segments")
-                total = conn.execute(
-                    _publish_fill_sql(swap.next_table, swap.columns), (snapshot_date,)
-                ).rowcount
+            ).fetchone()
+            # Both sides are read in user_id order through their primary keys: a merge join
+            # streams them, where a hash join would first hash a million rows.
+            conn.execute("SELECT set_config('enable_hashjoin', 'off', true)")
+            conn.execute("SELECT set_config('work_mem', '64MB', true)")
+            swap = TableSwap(conn, "user_segments")
+            total = conn.execute(
+                _publish_fill_sql(swap.next_table, swap.columns), (snapshot_date,)
+            ).rowcount
             swap.commit_swap(notify=(SEGMENTS_CHANNEL, "*"))
-            # the publish is the newest write: a table prepared before it is stale
-            conn.execute("DELETE FROM user_segments_writes")
-            conn.execute("INSERT INTO user_segments_writes (xact_id) VALUES (pg_current_xact_id())")
+        snapshot_rows = int(rows[0]) if rows else 0
         return {
             "published": True,
-            "rows": int(rows),
-            "written": int(total),
-            "kept": int(total) - int(rows),
-            "prepared": prepared is not None,
+            "rows": snapshot_rows,
+            "written": total,
+            "kept": total - snapshot_rows,
             "newest_snapshot": str(snapshot_date),
         }
 
@@ -606,26 +505,6 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     if frame.is_empty() and frame.width == 0:
         return pl.DataFrame(schema=schema)
     return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
-
-
-def merge_segments(
-    current: pl.DataFrame, scores: pl.DataFrame, snapshot_date: dt.date, now: dt.datetime
-) -> pl.DataFrame:
-    """The next ``user_segments`` rows: ``current`` updated with snapshot ``snapshot_date``.
-
-    The frame twin of :func:`_publish_fill_sql`: snapshot users get the snapshot's group
-    and measures and ``last_updated = now``, every other column from their current row;
-    users absent from the snapshot keep their current row. Ordered by ``user_id``.
-    """
-    snapshot = scores.filter(pl.col("snapshot_date") == snapshot_date).select(
-        "user_id", *SNAPSHOT_COLUMNS, pl.lit(now).alias("last_updated")
-    )
-    carried = [c for c in current.columns if c not in SNAPSHOT_COLUMNS and c != "last_updated"]
-    updated = snapshot.join(current.select(carried), on="user_id", how="left")
-    untouched = current.join(snapshot.select("user_id"), on="user_id", how="anti")
-    return pl.concat(
-        [updated.select(current.columns).cast(current.schema), untouched], how="vertical"
-    ).sort("user_id")
 
 
 def _publish_fill_sql(next_table: str, columns: Sequence[str]) -> sql.Composed:

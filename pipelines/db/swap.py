@@ -33,31 +33,8 @@ from psycopg import sql
 DEFAULT_LOCK_TIMEOUT = "10s"
 
 
-#: What a next version copies from the table it replaces (indexes come later, once filled).
-LIKE_OPTIONS = (
-    "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION "
-    "INCLUDING GENERATED INCLUDING STATISTICS INCLUDING COMMENTS"
-)
-
-#: Columns of a relation, in order, with what makes two of them the same column.
-_COLUMNS_SQL = (
-    "SELECT attname, atttypid, atttypmod, attnotnull FROM pg_attribute "
-    "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
-)
-
-
-def create_next_sql(qualified_table: str, qualified_next: str, reloptions: list[str] | None) -> str:
-    """``CREATE TABLE`` of an empty, index-less next version of a table (quoted names in)."""
-    options = f" WITH ({', '.join(reloptions)})" if reloptions else ""
-    return f"CREATE TABLE {qualified_next} (LIKE {qualified_table} {LIKE_OPTIONS}){options}"
-
-
 class TableSwap:
-    """Build the next version of ``table`` in ``self.next_table`` and swap it in.
-
-    ``adopt`` names a table prepared earlier (created with :func:`create_next_sql`, filled,
-    no indexes) to swap in instead of a new empty one; it must have the same columns.
-    """
+    """Build the next version of ``table`` in ``self.next_table`` and swap it in."""
 
     def __init__(
         self,
@@ -66,34 +43,39 @@ class TableSwap:
         *,
         schema: str = "public",
         lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
-        adopt: str | None = None,
     ) -> None:
         self.conn = conn
         self.schema = schema
         self.table = table
         self.lock_timeout = lock_timeout
-        self.next_table = adopt or f"{table}_next_{uuid.uuid4().hex[:8]}"
+        self.next_table = f"{table}_next_{uuid.uuid4().hex[:8]}"
         self._old = sql.Identifier(schema, table)
         self._next = sql.Identifier(schema, self.next_table)
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self._old))
         self.oid: int = self._one(
             "SELECT (quote_ident(%s) || '.' || quote_ident(%s))::regclass::oid", (schema, table)
         )
-        columns = conn.execute(_COLUMNS_SQL, (self.oid,)).fetchall()
-        self.columns: list[str] = [row[0] for row in columns]
-        if adopt is not None:
-            adopted = self._one(
-                "SELECT (quote_ident(%s) || '.' || quote_ident(%s))::regclass::oid",
-                (schema, adopt),
-            )
-            if conn.execute(_COLUMNS_SQL, (adopted,)).fetchall() != columns:
-                raise ValueError(f"{adopt} does not have the columns of {table}")
-            return
+        self.columns: list[str] = [
+            row[0]
+            for row in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum",
+                (self.oid,),
+            ).fetchall()
+        ]
         options = self._one("SELECT reloptions FROM pg_class WHERE oid = %s", (self.oid,))
+        with_options = (
+            sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in options))
+            if options
+            else sql.SQL("")
+        )
+        # no indexes yet: they are built once, after the fill
         conn.execute(
-            create_next_sql(
-                self._qualified(self.table), self._qualified(self.next_table), options
-            ).encode()
+            sql.SQL(
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                "INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING GENERATED "
+                "INCLUDING STATISTICS INCLUDING COMMENTS){}"
+            ).format(self._next, self._old, with_options)
         )
 
     def _one(self, query: str, params: tuple[Any, ...]) -> Any:

@@ -253,10 +253,8 @@ def rfm_scores(
     totals = {"duplicate_users": 0, "unknown_groups": 0, "negative_measures": 0}
     per_day_violations: dict[str, dict[str, int]] = {}
     shifts: dict[str, float] = {}
-    # the Postgres write runs while the next user_segments is prepared (a second
-    # connection) and the lake files, checks and metadata are made
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        prepared = pool.submit(_prepare_publish, store, last, scores, build_ids[last], context.log)
+    # the Postgres write (COPY) runs while the lake files, checks and metadata are made
+    with ThreadPoolExecutor(max_workers=1) as pool:
         written = pool.submit(
             store.replace_scores,
             first,
@@ -293,7 +291,6 @@ def rfm_scores(
             )
             previous = distribution
         written.result()
-        prepared.result()
     context.log.info(
         "rfm_scores %s..%s: %s rows; latest event dates before the run from %s",
         first,
@@ -339,20 +336,6 @@ def rfm_scores(
             ),
         ],
     )
-
-
-def _prepare_publish(
-    store: RfmStore, day: dt.date, scores: pl.DataFrame, build_id: str, log: Any
-) -> None:
-    """Prepare the next user_segments for ``day`` (an optimization: on any failure the
-    publish builds it itself, so this only logs)."""
-    try:
-        name = store.prepare_publish(day, scores, build_id)
-    except Exception as exc:  # the publish falls back; say why
-        log.warning("user_segments not prepared ahead of the publish: %s", exc)
-        return
-    if name is not None:
-        log.info("prepared the next user_segments for snapshot %s in %s", day, name)
 
 
 def build_scores(
@@ -575,7 +558,6 @@ def user_segments(
         metadata["dagster/row_count"] = dg.MetadataValue.int(result["written"])
         metadata["snapshot_rows"] = dg.MetadataValue.int(result["rows"])
         metadata["rows_kept_from_before"] = dg.MetadataValue.int(result["kept"])
-        metadata["prepared_ahead"] = dg.MetadataValue.bool(bool(result["prepared"]))
     else:
         metadata["reason"] = dg.MetadataValue.text(result["reason"])
     return dg.MaterializeResult(metadata=metadata)

@@ -8,7 +8,6 @@ import datetime as dt
 import threading
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from pipelines.db import SEGMENTS_CHANNEL
 from pipelines.domain.rfm import SCORES_SCHEMA
 from pipelines.lake import BUILD_ID_KEY, DATASETS, partition_path
-from pipelines.rfm_store import PREPARED_PREFIX, RfmStore, partition_name
+from pipelines.rfm_store import RfmStore, partition_name
 from pipelines.settings import libpq_url
 from tests.pipelines.rfm_helpers import insert_events, materialize, query
 from tests.pipelines.test_rfm_pipeline import DAY, EXPECTED, D, known_dataset, scores
@@ -48,7 +47,6 @@ def leftover_tables(url: str) -> list[str]:
         name
         for (name,) in rows
         if "_next_" in name
-        or name.startswith(PREPARED_PREFIX)
         or (name.startswith(("rfm_scores_p", "user_daily_activity_p")) and len(name) > 30)
     ]
 
@@ -129,8 +127,6 @@ def test_publish_swaps_in_a_table_that_keeps_what_it_does_not_own(
         "AND NOT tgisinternal ORDER BY 1",
     )
     assert [t for (t,) in triggers] == [
-        "user_segments_log_truncate",
-        "user_segments_log_write",
         "user_segments_notify_delete",
         "user_segments_notify_insert",
         "user_segments_notify_truncate",
@@ -262,90 +258,3 @@ def test_concurrent_replacements_of_a_day_both_finish(database_url: str) -> None
         partition_name("rfm_scores", D),
     ]
     assert leftover_tables(database_url) == []
-
-
-def publish_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
-    (event,) = [
-        m
-        for m in result.get_asset_materialization_events()
-        if m.asset_key == dg.AssetKey("user_segments")
-    ]
-    return {key: value.value for key, value in event.materialization.metadata.items()}
-
-
-def prepared_tables(url: str) -> list[str]:
-    rows = query(
-        url, "SELECT relname FROM pg_class WHERE starts_with(relname, %s)", (PREPARED_PREFIX,)
-    )
-    return [name for (name,) in rows]
-
-
-SEGMENT_COLUMNS = (
-    "SELECT user_id, rfm_group, risk_profile, recency_days, frequency, monetary, snapshot_date "
-    "FROM user_segments ORDER BY user_id"
-)
-
-
-def test_publish_swaps_in_the_table_prepared_beside_the_scores(
-    database_url: str, tmp_path: Path
-) -> None:
-    insert_events(database_url, known_dataset())
-    query(
-        database_url,
-        "INSERT INTO user_segments (user_id, risk_profile) VALUES (4, 'High-Risk'), "
-        "(99, 'Low-Risk')",
-    )
-    result = materialize(database_url, tmp_path / "lake", D)
-    meta = publish_metadata(result)
-    assert meta["prepared_ahead"] is True
-    assert (meta["dagster/row_count"], meta["snapshot_rows"], meta["rows_kept_from_before"]) == (
-        7,
-        6,
-        1,
-    )
-    prepared = query(database_url, SEGMENT_COLUMNS)
-    assert prepared_tables(database_url) == []
-    # the same publish without a prepared table (built in SQL) gives the same rows
-    assert RfmStore(libpq_url(database_url)).publish(D)["prepared"] is False
-    assert query(database_url, SEGMENT_COLUMNS) == prepared
-
-
-def test_a_write_after_preparing_makes_the_publish_build_its_own(
-    database_url: str, tmp_path: Path
-) -> None:
-    insert_events(database_url, known_dataset())
-    lake = tmp_path / "lake"
-    materialize(database_url, lake, D, selection=["user_daily_activity", "rfm_scores"])
-    assert len(prepared_tables(database_url)) == 1
-    query(database_url, "INSERT INTO user_segments (user_id, risk_profile) VALUES (2, 'High-Risk')")
-    meta = publish_metadata(materialize(database_url, lake, D, selection=["user_segments"]))
-    assert meta["prepared_ahead"] is False
-    assert query(
-        database_url, "SELECT rfm_group, risk_profile FROM user_segments WHERE user_id = 2"
-    ) == [("High Engaged", "High-Risk")]
-    assert prepared_tables(database_url) == []
-
-
-def test_a_rebuilt_snapshot_is_not_published_from_an_older_preparation(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    insert_events(database_url, known_dataset())
-    lake = tmp_path / "lake"
-    materialize(database_url, lake, D, selection=["user_daily_activity", "rfm_scores"])
-    (stale,) = prepared_tables(database_url)
-    # rfm_scores D is rebuilt without a new preparation: the old one names another build
-    monkeypatch.setattr(RfmStore, "prepare_publish", lambda *args, **kwargs: None)
-    materialize(database_url, lake, D, selection=["rfm_scores"])
-    assert prepared_tables(database_url) == [stale]
-    meta = publish_metadata(materialize(database_url, lake, D, selection=["user_segments"]))
-    assert meta["prepared_ahead"] is False
-    assert prepared_tables(database_url) == []
-    assert scores(database_url, D) == EXPECTED
-
-
-def test_a_backfill_prepares_nothing(database_url: str, tmp_path: Path) -> None:
-    insert_events(database_url, known_dataset())
-    lake = tmp_path / "lake"
-    materialize(database_url, lake, D)
-    materialize(database_url, lake, D - 3 * DAY, D - DAY)
-    assert prepared_tables(database_url) == []
