@@ -29,6 +29,7 @@ private Postgres when DATABASE_URL is unset).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import io
 import os
@@ -193,10 +194,14 @@ def load(db_url: str, first_day: dt.date) -> None:
 
 def settle(db_url: str) -> None:
     """Bring the database to where a nightly run finds it: the previous day's tables
-    vacuumed and analyzed, no autovacuum worker busy with them (a day passes between two
-    schedule runs; here they follow each other within seconds)."""
+    vacuumed and analyzed, their pages checkpointed, no autovacuum worker busy with them
+    (a day passes between two schedule runs; here they follow each other within seconds,
+    right after the other benchmarks' writes)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE user_daily_activity, rfm_scores, user_segments")
+        # not a superuser: the checkpointer keeps its own pace
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             busy = conn.execute(
