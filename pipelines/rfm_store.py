@@ -3,9 +3,10 @@
 Reads go through ``adbc_driver_postgresql`` straight into Arrow and Polars (no Python
 row objects). ``user_daily_activity`` and ``rfm_scores`` are partitioned by day (migration
 0004): a build loads each day into a fresh table with ADBC's bulk ingest (binary COPY, no
-index to maintain), indexes it once, and swaps it in for the day's partition; all days of
-a call and the build records in ``rfm_partition_builds`` commit in one transaction, so a
-reader or the late-data sensor sees either the old partitions or the new ones.
+index to maintain), indexes it once, and swaps it in for the day's partition; the days of
+a call (up to :data:`MAX_DAYS_PER_TRANSACTION`) and their build records in
+``rfm_partition_builds`` commit in one transaction, so a reader or the late-data sensor
+sees either the old partitions or the new ones.
 Publishing swaps in a freshly built ``user_segments`` (:mod:`pipelines.db.swap`).
 
 **Source watermark.** Before a build reads ``user_actions`` it takes a watermark ``W``
@@ -48,6 +49,9 @@ DAILY_ACTIVITY_ASSET = "user_daily_activity"
 RFM_SCORES_ASSET = "rfm_scores"
 #: Day-partitioned tables (migration 0004) and their partition column.
 DAY_PARTITIONED = {"user_daily_activity": "activity_date", "rfm_scores": "snapshot_date"}
+#: Days swapped in per transaction: each day holds about 8 locks until the commit, and
+#: Postgres' lock table has room for max_locks_per_transaction (64) x max_connections.
+MAX_DAYS_PER_TRANSACTION = 100
 #: Columns of ``user_segments`` a publish writes from the snapshot; the others are kept.
 SNAPSHOT_COLUMNS = ("rfm_group", "recency_days", "frequency", "monetary", "snapshot_date")
 
@@ -317,7 +321,8 @@ class RfmStore:
         *,
         build: _BuildRecord,
     ) -> dict[dt.date, int]:
-        """Swap in new partitions for days ``[first, last]`` of ``table``, in one transaction.
+        """Swap in new partitions for days ``[first, last]`` of ``table``, in one transaction
+        (per :data:`MAX_DAYS_PER_TRANSACTION` days: a multi-year backfill commits in steps).
 
         Each day is loaded into a fresh table (ADBC bulk ingest = binary COPY; a CHECK on
         the day makes the attach skip its validation scan), indexed once, then - briefly,
@@ -326,21 +331,23 @@ class RfmStore:
         pipeline) are deleted: rebuilding a day replaces all of its rows.
         """
         column = DAY_PARTITIONED[table]
-        key = f"{column}, user_id"
         counts = {day: 0 for day in days_between(first, last)}
         token = uuid.uuid4().hex[:8]
         staged: dict[dt.date, str] = {}
         with adbc.connect(self.dsn) as conn, conn.cursor() as cur:
-            # replacements of the same table run one at a time (taken first: two of them
-            # holding the parent's share lock from LIKE and both waiting to drop would
-            # deadlock)
-            cur.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                parameters=(f"cc.rfm.replace.{table}",),
-            )
 
             def stage(day: dt.date) -> str:
                 if day not in staged:
+                    if len(staged) >= MAX_DAYS_PER_TRANSACTION:
+                        swap_in()
+                    if not staged:
+                        # replacements of the same table run one at a time (taken first:
+                        # two of them holding the parent's share lock from LIKE and both
+                        # waiting to drop it would deadlock)
+                        cur.execute(
+                            "SELECT pg_advisory_xact_lock(hashtext($1))",
+                            parameters=(f"cc.rfm.replace.{table}",),
+                        )
                     staged[day] = name = f"{partition_name(table, day)}_{token}"
                     cur.execute(
                         f'CREATE TABLE "{name}" (LIKE {table} INCLUDING DEFAULTS, '
@@ -348,26 +355,39 @@ class RfmStore:
                     )
                 return staged[day]
 
+            def swap_in() -> None:
+                for name in staged.values():
+                    cur.execute(f'ALTER TABLE "{name}" ADD PRIMARY KEY ({column}, user_id)')
+                # the swap: short (ACCESS EXCLUSIVE on the parent for the drop + attach)
+                for day, name in sorted(staged.items()):
+                    final, literal = partition_name(table, day), f"DATE '{day.isoformat()}'"
+                    cur.execute(f'DROP TABLE IF EXISTS "{final}"')
+                    cur.execute(f"DELETE FROM {table}_default WHERE {column} = {literal}")
+                    cur.execute(f'ALTER TABLE "{name}" RENAME TO "{final}"')
+                    cur.execute(
+                        f'ALTER TABLE {table} ATTACH PARTITION "{final}" FOR VALUES IN ({literal})'
+                    )
+                done = {day: counts[day] for day in staged}
+                cur.execute(_RECORD_BUILDS_SQL, parameters=(build.rows_json(done),))
+                conn.commit()
+                staged.clear()
+
+            loaded: set[dt.date] = set()
             for frame in frames:
                 frame = frame.filter(pl.col(column).is_between(first, last)).select(list(schema))
                 for (day,), part in frame.partition_by(column, as_dict=True).items():
                     assert isinstance(day, dt.date)
+                    if day in loaded and day not in staged:
+                        raise ValueError(f"rows of {day} came after its partition was swapped in")
                     arrow = part.to_arrow(compat_level=pl.CompatLevel.oldest())
                     cur.adbc_ingest(stage(day), arrow, mode="append")
                     counts[day] += part.height
+                    loaded.add(day)
             for day in counts:
-                cur.execute(f'ALTER TABLE "{stage(day)}" ADD PRIMARY KEY ({key})')
-            # the swap: short (ACCESS EXCLUSIVE on the parent for the drop + attach)
-            for day, name in sorted(staged.items()):
-                final, literal = partition_name(table, day), f"DATE '{day.isoformat()}'"
-                cur.execute(f'DROP TABLE IF EXISTS "{final}"')
-                cur.execute(f"DELETE FROM {table}_default WHERE {column} = {literal}")
-                cur.execute(f'ALTER TABLE "{name}" RENAME TO "{final}"')
-                cur.execute(
-                    f'ALTER TABLE {table} ATTACH PARTITION "{final}" FOR VALUES IN ({literal})'
-                )
-            cur.execute(_RECORD_BUILDS_SQL, parameters=(build.rows_json(counts),))
-            conn.commit()
+                if day not in loaded:
+                    stage(day)  # a day without rows: an empty partition
+            if staged:
+                swap_in()
         return counts
 
     def read_scores(self, snapshot_date: dt.date) -> pl.DataFrame:

@@ -258,3 +258,27 @@ def test_concurrent_replacements_of_a_day_both_finish(database_url: str) -> None
         partition_name("rfm_scores", D),
     ]
     assert leftover_tables(database_url) == []
+
+
+def test_long_ranges_swap_in_steps(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a multi-year backfill would hold too many locks in one transaction: it commits every
+    # MAX_DAYS_PER_TRANSACTION days (2 here), with the same rows as one transaction
+    insert_events(database_url, known_dataset())
+    materialize(database_url, tmp_path / "one", D - 4 * DAY, D)
+    expected = query(database_url, SCORE_COLUMNS)
+    activity = query(database_url, "SELECT * FROM user_daily_activity ORDER BY 1, 2")
+    monkeypatch.setattr("pipelines.rfm_store.MAX_DAYS_PER_TRANSACTION", 2)
+    materialize(database_url, tmp_path / "steps", D - 4 * DAY, D)
+    assert query(database_url, SCORE_COLUMNS) == expected
+    assert query(database_url, "SELECT * FROM user_daily_activity ORDER BY 1, 2") == activity
+    builds = query(
+        database_url,
+        "SELECT asset, count(*), count(DISTINCT run_id) FROM rfm_partition_builds "
+        "GROUP BY 1 ORDER BY 1",
+    )
+    assert builds == [("rfm_scores", 5, 1), ("user_daily_activity", 5, 1)]
+    for table in ("rfm_scores", "user_daily_activity"):
+        assert len(partitions(database_url, table)) == 6  # 5 days + default
+    assert leftover_tables(database_url) == []
