@@ -2,8 +2,9 @@
 
 Rewriting every row of a big table in place (``UPDATE`` / upsert) costs a WAL record and
 a new tuple per row. Building the next version in a new table (no indexes while it is
-filled), indexing it once and swapping it in for the old one is several times cheaper,
-and readers see the old table or the new one, never a mix.
+filled), indexing it once and swapping it in for the old one costs about half as much
+(measured on a million-row ``user_segments``: 3.5 s upsert, 1.3-1.8 s swap), and readers
+see the old table or the new one, never a mix.
 
 :class:`TableSwap` carries over what the table is, not only its rows: column defaults,
 NOT NULL and CHECK constraints, storage parameters, primary key / unique / exclusion /

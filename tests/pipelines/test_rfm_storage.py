@@ -37,18 +37,16 @@ def partitions(url: str, table: str) -> list[str]:
 
 
 def leftover_tables(url: str) -> list[str]:
-    """Tables of the schema that are neither a known table nor a day partition."""
+    """Staging tables left behind: a table swap's ``*_next_<token>`` or a day load's
+    ``<table>_pYYYYMMDD_<token>`` (a swapped-in partition has no token)."""
     rows = query(
         url,
         "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') "
-        "AND relnamespace = 'public'::regnamespace ORDER BY 1",
+        "AND relnamespace = 'public'::regnamespace "
+        "AND (relname ~ '_next_[0-9a-f]{8}$' OR relname ~ '_p[0-9]{8}_[0-9a-f]{8}$') "
+        "ORDER BY 1",
     )
-    return [
-        name
-        for (name,) in rows
-        if "_next_" in name
-        or (name.startswith(("rfm_scores_p", "user_daily_activity_p")) and len(name) > 30)
-    ]
+    return [name for (name,) in rows]
 
 
 def test_rebuilding_days_swaps_their_partitions(database_url: str, tmp_path: Path) -> None:
